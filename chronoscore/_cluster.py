@@ -1,0 +1,241 @@
+"""A local cluster: N shard-node processes and one coordinator process.
+
+``chronoscore up`` runs one in the foreground, the demo runs one of its
+own, and the tests run them to kill and restart real processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from .errors import FailedPrecondition
+
+__all__ = ["LocalCluster", "embedded_postgres", "default_data_dir"]
+
+logger = logging.getLogger("chronoscore.cluster")
+
+
+def default_data_dir() -> Path:
+    """Where ``chronoscore up`` keeps its embedded PostgreSQL by default."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("chronoscore"))
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path) -> Iterator[str]:
+    """Run a PostgreSQL server whose data lives in ``data_dir``; yield its DSN.
+
+    The server is the one shipped in the ``pgserver`` wheel. It stops
+    when the block exits, and its data stays for the next start.
+    """
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("starting embedded PostgreSQL in %s", data_dir)
+    server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+class LocalCluster:
+    """Shard nodes named ``shard-0``... and a coordinator, as processes.
+
+    Shards listen on free ports, announced through port files; the
+    coordinator starts once every shard is serving.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        shards: int = 3,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        workdir: Path | None = None,
+        log_dir: Path | None = None,
+        log_level: str = "INFO",
+    ) -> None:
+        if shards < 1:
+            raise FailedPrecondition(f"a cluster needs at least 1 shard, got {shards}")
+        self.dsn = dsn
+        self.host = host
+        self.port = port
+        self.names = [f"shard-{i}" for i in range(shards)]
+        self.log_dir = log_dir
+        self.log_level = log_level
+        self._tmp = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="chronoscore-")
+            workdir = Path(self._tmp.name)
+        self.workdir = workdir
+        self.shard_ports: dict[str, int] = {}
+        self.coordinator_port = 0
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def target(self) -> str:
+        """The coordinator's address for clients."""
+        return f"{self.host}:{self.coordinator_port}"
+
+    def start(self, timeout: float = 120.0) -> LocalCluster:
+        for name in self.names:
+            self.start_shard(name, wait=False)
+        for name in self.names:
+            self.shard_ports[name] = self._wait_ready(name, timeout)
+
+        shards = ",".join(
+            f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names
+        )
+        self._spawn(
+            "coordinator",
+            ["coordinator", "--shards", shards, "--port", str(self.port)],
+        )
+        self.coordinator_port = self._wait_ready("coordinator", timeout)
+        return self
+
+    def start_shard(self, name: str, *, wait: bool = True, timeout: float = 120.0) -> None:
+        """Start (or restart, on its old port) one shard process."""
+        port = self.shard_ports.get(name, 0)
+        self._spawn(
+            name,
+            [
+                "shard_node",
+                "--name",
+                name,
+                "--ring",
+                ",".join(self.names),
+                "--dsn",
+                self.dsn,
+                "--port",
+                str(port),
+            ],
+        )
+        if wait:
+            self.shard_ports[name] = self._wait_ready(name, timeout)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to a process and wait for it; return its exit code."""
+        proc = self.processes[name]
+        proc.send_signal(sig)
+        return proc.wait(timeout=60)
+
+    def restart_coordinator(self, timeout: float = 60.0) -> None:
+        self.kill("coordinator", signal.SIGTERM)
+        shards = ",".join(
+            f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names
+        )
+        self._spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "--shards",
+                shards,
+                "--port",
+                str(self.coordinator_port),
+            ],
+        )
+        self._wait_ready("coordinator", timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM everything, coordinator first; SIGKILL what lingers."""
+        order = ["coordinator", *self.names]
+        for name in order:
+            proc = self.processes.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name in order:
+            proc = self.processes.get(name)
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in time; killing it", name)
+                proc.kill()
+                proc.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def wait(self) -> str:
+        """Block until any process exits; return its name."""
+        while True:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    return name
+            time.sleep(0.2)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _port_file(self, name: str) -> Path:
+        return self.workdir / f"{name}.port"
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        port_file = self._port_file(name)
+        port_file.unlink(missing_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            *args,
+            "--host",
+            self.host,
+            "--port-file",
+            str(port_file),
+            "--log-level",
+            self.log_level,
+        ]
+        stderr = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            stderr = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.processes[name] = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stderr=stderr, env=env
+        )
+        if stderr is not None:
+            stderr.close()
+
+    def _wait_ready(self, name: str, timeout: float) -> int:
+        port_file = self._port_file(name)
+        proc = self.processes[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_file.exists():
+                return int(port_file.read_text())
+            if proc.poll() is not None:
+                raise FailedPrecondition(
+                    f"{name} exited with code {proc.returncode} before serving"
+                    + self._log_hint(name)
+                )
+            time.sleep(0.05)
+        raise FailedPrecondition(
+            f"{name} did not start within {timeout:.0f}s" + self._log_hint(name)
+        )
+
+    def _log_hint(self, name: str) -> str:
+        if self.log_dir is None:
+            return ""
+        return f"; see {self.log_dir / (name + '.log')}"

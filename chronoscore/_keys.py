@@ -1,0 +1,90 @@
+"""The total order of leaderboard entries, and its integer encoding.
+
+Entries rank by:
+
+1. higher score first;
+2. on equal scores, the earlier ``reached_us`` (when the user reached
+   that score, in microseconds since the Unix epoch);
+3. then the smaller user id, compared as UTF-8 bytes (PostgreSQL's
+   ``COLLATE "C"``, which for UTF-8 equals code point order).
+
+Shard indexes hold each entry as one Python int whose natural order is
+that rank order, so the sorted index compares plain ints::
+
+    bits:  [ 64: SCORE_MAX - score ][ 64: reached_us ][ 16: tie ][ 32: handle ]
+
+``tie`` orders the rare entries of one shard that share both score and
+``reached_us`` by user id, and ``handle`` names the user inside its
+index. Scores are exact signed 64-bit integers and never pass through
+float.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SCORE_MIN",
+    "SCORE_MAX",
+    "REACHED_MAX",
+    "TIE_LIMIT",
+    "HANDLE_LIMIT",
+    "prefix",
+    "make_key",
+    "key_prefix",
+    "key_handle",
+    "key_score",
+    "key_reached",
+    "prefix_floor",
+    "sort_key",
+]
+
+SCORE_MIN = -(1 << 63)
+SCORE_MAX = (1 << 63) - 1
+REACHED_MAX = (1 << 63) - 1
+
+_HANDLE_BITS = 32
+_TIE_BITS = 16
+_LOW_BITS = _HANDLE_BITS + _TIE_BITS
+_REACHED_BITS = 64
+
+TIE_LIMIT = 1 << _TIE_BITS
+HANDLE_LIMIT = 1 << _HANDLE_BITS
+_HANDLE_MASK = HANDLE_LIMIT - 1
+_REACHED_MASK = (1 << _REACHED_BITS) - 1
+
+
+def prefix(score: int, reached_us: int) -> int:
+    """The order-preserving int for (score, reached_us). O(1)."""
+    return ((SCORE_MAX - score) << _REACHED_BITS) | reached_us
+
+
+def make_key(score: int, reached_us: int, tie: int, handle: int) -> int:
+    """An index key; ``tie`` and ``handle`` must be below their limits."""
+    low = (tie << _HANDLE_BITS) | handle
+    return (prefix(score, reached_us) << _LOW_BITS) | low
+
+
+def key_prefix(key: int) -> int:
+    """The (score, reached_us) part of a key, as from :func:`prefix`."""
+    return key >> _LOW_BITS
+
+
+def key_handle(key: int) -> int:
+    return key & _HANDLE_MASK
+
+
+def key_score(key: int) -> int:
+    return SCORE_MAX - (key >> (_LOW_BITS + _REACHED_BITS))
+
+
+def key_reached(key: int) -> int:
+    return (key >> _LOW_BITS) & _REACHED_MASK
+
+
+def prefix_floor(score: int, reached_us: int) -> int:
+    """The smallest key with this (score, reached_us)."""
+    return prefix(score, reached_us) << _LOW_BITS
+
+
+def sort_key(score: int, reached_us: int, user_id: str) -> tuple[int, int, str]:
+    """A tuple that sorts entries from any shards in rank order."""
+    return (SCORE_MAX - score, reached_us, user_id)

@@ -1,0 +1,80 @@
+"""What every ChronoScore gRPC server shares: error mapping and serving.
+
+Servicer methods raise :mod:`chronoscore.errors`; :func:`rpc` turns
+those into gRPC statuses, and it is the only place that does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from .errors import ChronoscoreError
+
+__all__ = ["rpc", "serve_until_stopped"]
+
+logger = logging.getLogger("chronoscore.server")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Method = Callable[[Any, Req, aio.ServicerContext], Awaitable[Resp]]
+
+
+def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
+    """Abort the call with the status that matches a ChronoscoreError."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except ChronoscoreError as exc:
+            if exc.code == grpc.StatusCode.INTERNAL:
+                logger.error("%s failed: %s", method.__name__, exc)
+            await context.abort(exc.code, str(exc))
+            raise  # context.abort raises; this line is never reached
+
+    return wrapper
+
+
+async def serve_until_stopped(
+    server: aio.Server,
+    *,
+    name: str,
+    port: int,
+    port_file: Path | None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    grace: float = 10.0,
+) -> None:
+    """Start ``server``, announce its port, and run until SIGINT/SIGTERM.
+
+    On a signal the server stops taking calls, lets calls in flight
+    finish for up to ``grace`` seconds, then runs ``on_stop``.
+    """
+    await server.start()
+    if port_file is not None:
+        # Written last and renamed into place, so a reader that sees the
+        # file knows the server is serving.
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(f"{port}\n")
+        tmp.replace(port_file)
+    logger.info("%s serving on port %d", name, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    logger.info("%s draining", name)
+    await server.stop(grace)
+    if on_stop is not None:
+        await on_stop()
+    logger.info("%s stopped", name)

@@ -1,0 +1,93 @@
+"""Errors raised by ChronoScore.
+
+Hierarchy::
+
+    ChronoscoreError
+     ├── InvalidArgument      the request itself is malformed
+     ├── NotFound             the user or entry does not exist
+     ├── OutOfRange           a score would leave the int64 range
+     ├── FailedPrecondition   the cluster is not in a state to serve it
+     └── Unavailable          a shard or PostgreSQL cannot be reached
+
+Servers map each class to the gRPC status of the same name, and the
+client maps those statuses back, so callers catch the same classes on
+both sides of the wire.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "ChronoscoreError",
+    "InvalidArgument",
+    "NotFound",
+    "OutOfRange",
+    "FailedPrecondition",
+    "Unavailable",
+    "from_status",
+    "from_code_number",
+]
+
+
+class ChronoscoreError(Exception):
+    """Root of every ChronoScore error."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(ChronoscoreError):
+    """The request is malformed and would fail on every retry."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ChronoscoreError):
+    """The named user or entry does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class OutOfRange(ChronoscoreError):
+    """The result would not fit in a signed 64-bit score."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class FailedPrecondition(ChronoscoreError):
+    """The cluster is in a state that rejects this request."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(ChronoscoreError):
+    """A shard or the database is unreachable; retrying may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        OutOfRange,
+        FailedPrecondition,
+        Unavailable,
+    )
+}
+_BY_CODE[grpc.StatusCode.DEADLINE_EXCEEDED] = Unavailable
+
+
+def from_status(code: grpc.StatusCode, message: str) -> ChronoscoreError:
+    """The error class that matches a gRPC status code."""
+    return _BY_CODE.get(code, ChronoscoreError)(message)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_code_number(number: int, message: str) -> ChronoscoreError:
+    """The error for a status code given as its number, e.g. 11."""
+    code = _CODES.get(number, grpc.StatusCode.UNKNOWN)
+    return from_status(code, message)

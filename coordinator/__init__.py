@@ -1,0 +1,1 @@
+"""The ChronoScore coordinator: the public API in front of the shards."""

@@ -1,0 +1,86 @@
+"""The coordinator's connections to the shard nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from chronoscore._ring import Ring
+from chronoscore.errors import ChronoscoreError, Unavailable, from_status
+from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
+
+__all__ = ["ShardClients"]
+
+logger = logging.getLogger("chronoscore.coordinator")
+
+T = TypeVar("T")
+
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class ShardClients:
+    """One channel and stub per shard, and the ring that routes to them."""
+
+    def __init__(self, addresses: Mapping[str, str], *, timeout: float = 5.0):
+        self.ring = Ring(addresses)
+        self.timeout = timeout
+        self._channels = {
+            name: aio.insecure_channel(
+                address,
+                options=[("grpc.max_receive_message_length", 64 << 20)],
+            )
+            for name, address in addresses.items()
+        }
+        self.stubs = {
+            name: _shard_grpc.ShardServiceStub(channel)
+            for name, channel in self._channels.items()
+        }
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels.values()))
+
+    async def call(
+        self,
+        shard: str,
+        method: Callable[[Any], Awaitable[T]],
+        request: Any,
+        timeout: float | None = None,
+    ) -> T:
+        """Call one shard; translate its failures to ChronoscoreError."""
+        try:
+            return await method(request, timeout=timeout or self.timeout)  # type: ignore[call-arg]
+        except aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code in _UNREACHABLE:
+                logger.debug("shard %s unreachable: %s", shard, details)
+                raise Unavailable(f"shard {shard} is unavailable: {details}") from None
+            raise from_status(code, details) from None
+
+    async def each(
+        self,
+        method: Callable[[_shard_grpc.ShardServiceStub], Callable[[Any], Awaitable[T]]],
+        request: Any,
+        *,
+        shards: list[str] | None = None,
+    ) -> dict[str, T]:
+        """Call every shard (or ``shards``) concurrently.
+
+        Raises the first failure: an answer that needs every shard is
+        not given from some of them.
+        """
+        names = list(self.stubs) if shards is None else shards
+        results = await asyncio.gather(
+            *(self.call(n, method(self.stubs[n]), request) for n in names),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, ChronoscoreError):
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+        return dict(zip(names, results, strict=True))  # type: ignore[arg-type]

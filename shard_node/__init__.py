@@ -1,0 +1,1 @@
+"""A ChronoScore shard node: rank indexes over the users it owns."""

@@ -1,0 +1,208 @@
+"""The in-memory rank index of one leaderboard on one shard.
+
+Entries live in a ``SortedList`` of int keys (see ``chronoscore._keys``)
+whose ascending order is rank order, so position equals the number of
+entries ahead. A dict maps each user to their key, and a list maps the
+key's handle back to the user.
+
+The index holds no durable state: the shard rebuilds it from PostgreSQL
+at start, and changes it only after PostgreSQL has committed them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import NamedTuple
+
+from sortedcontainers import SortedList
+
+from chronoscore import _keys
+
+__all__ = ["IndexEntry", "LeaderboardIndex"]
+
+
+class IndexEntry(NamedTuple):
+    user_id: str
+    score: int
+    reached_us: int
+
+
+class LeaderboardIndex:
+    """Rank-ordered entries of one leaderboard held by one shard.
+
+    Costs below are for n entries and t, the number of entries that
+    share both score and ``reached_us`` with the one in question. A shard
+    stamps distinct times on the updates it applies, so t is 0 or 1
+    unless entries were copied in from another shard.
+    """
+
+    def __init__(self, entries: Iterable[IndexEntry] = ()) -> None:
+        self._keys = SortedList()
+        self._by_user: dict[str, int] = {}
+        self._users: list[str | None] = []
+        self._free: list[int] = []
+        for entry in entries:
+            self.upsert(*entry)
+
+    @classmethod
+    def from_sorted(cls, entries: Iterable[IndexEntry]) -> LeaderboardIndex:
+        """Build from entries already in rank order. O(n)."""
+        index = cls()
+        keys = []
+        last_prefix = -1
+        tie = 0
+        for user_id, score, reached_us in entries:
+            current = _keys.prefix(score, reached_us)
+            tie = tie + 1 if current == last_prefix else 0
+            last_prefix = current
+            if tie >= _keys.TIE_LIMIT:
+                raise OverflowError(
+                    f"more than {_keys.TIE_LIMIT} entries share one score and time"
+                )
+            handle = index._new_handle(user_id)
+            key = _keys.make_key(score, reached_us, tie, handle)
+            index._by_user[user_id] = key
+            keys.append(key)
+        index._keys.update(keys)
+        return index
+
+    def __len__(self) -> int:
+        """Number of entries. O(1)."""
+        return len(self._by_user)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._by_user
+
+    def get(self, user_id: str) -> IndexEntry | None:
+        """The user's entry, or None. O(1)."""
+        key = self._by_user.get(user_id)
+        if key is None:
+            return None
+        return IndexEntry(user_id, _keys.key_score(key), _keys.key_reached(key))
+
+    def upsert(self, user_id: str, score: int, reached_us: int) -> None:
+        """Insert or move the user's entry. O(log n + t)."""
+        old = self._by_user.get(user_id)
+        if old is None:
+            handle = self._new_handle(user_id)
+        else:
+            self._keys.remove(old)
+            handle = _keys.key_handle(old)
+
+        run = self._run(score, reached_us)
+        if not run:
+            key = _keys.make_key(score, reached_us, 0, handle)
+            self._keys.add(key)
+            self._by_user[user_id] = key
+            return
+
+        # Entries that share score and time rank by user id; renumber
+        # the tie field of the whole run so key order stays rank order.
+        members = sorted(
+            [(self._user(k), _keys.key_handle(k)) for k in run]
+            + [(user_id, handle)]
+        )
+        if len(members) > _keys.TIE_LIMIT:
+            raise OverflowError(
+                f"more than {_keys.TIE_LIMIT} entries share one score and time"
+            )
+        for key in run:
+            self._keys.remove(key)
+        for tie, (user, user_handle) in enumerate(members):
+            key = _keys.make_key(score, reached_us, tie, user_handle)
+            self._keys.add(key)
+            self._by_user[user] = key
+
+    def remove(self, user_id: str) -> bool:
+        """Drop the user's entry; False if there was none. O(log n)."""
+        key = self._by_user.pop(user_id, None)
+        if key is None:
+            return False
+        self._keys.remove(key)
+        handle = _keys.key_handle(key)
+        self._users[handle] = None
+        self._free.append(handle)
+        return True
+
+    def rank_of(self, user_id: str) -> int | None:
+        """Entries strictly ahead of the user, or None. O(log n)."""
+        key = self._by_user.get(user_id)
+        if key is None:
+            return None
+        return int(self._keys.bisect_left(key))
+
+    def count_ahead(self, score: int, reached_us: int, user_id: str) -> int:
+        """Entries strictly ahead of a position. O(log n + t).
+
+        The position need not be in this index: the coordinator asks
+        every shard about one user's entry to sum a global rank.
+        """
+        floor = _keys.prefix_floor(score, reached_us)
+        ahead = int(self._keys.bisect_left(floor))
+        target = _keys.key_prefix(floor)
+        for key in self._keys.islice(ahead):
+            if _keys.key_prefix(key) != target or self._user(key) >= user_id:
+                break
+            ahead += 1
+        return ahead
+
+    def top(self, limit: int) -> list[IndexEntry]:
+        """The first ``limit`` entries in rank order. O(log n + limit)."""
+        return [self._entry(k) for k in self._keys.islice(0, limit)]
+
+    def __iter__(self) -> Iterator[IndexEntry]:
+        """Every entry in rank order."""
+        return (self._entry(k) for k in self._keys)
+
+    def _run(self, score: int, reached_us: int) -> list[int]:
+        """Keys that share score and time. O(log n + t)."""
+        floor = _keys.prefix_floor(score, reached_us)
+        start = self._keys.bisect_left(floor)
+        target = _keys.key_prefix(floor)
+        run = []
+        for key in self._keys.islice(start):
+            if _keys.key_prefix(key) != target:
+                break
+            run.append(key)
+        return run
+
+    def _new_handle(self, user_id: str) -> int:
+        if self._free:
+            handle = self._free.pop()
+            self._users[handle] = user_id
+            return handle
+        handle = len(self._users)
+        if handle >= _keys.HANDLE_LIMIT:
+            raise OverflowError(f"an index holds at most {_keys.HANDLE_LIMIT} users")
+        self._users.append(user_id)
+        return handle
+
+    def _user(self, key: int) -> str:
+        user = self._users[_keys.key_handle(key)]
+        assert user is not None
+        return user
+
+    def _entry(self, key: int) -> IndexEntry:
+        return IndexEntry(self._user(key), _keys.key_score(key), _keys.key_reached(key))
+
+    def _check(self) -> None:
+        """Assert every invariant of the index. O(n log n)."""
+        self._keys._check()
+        assert len(self._keys) == len(self._by_user)
+        live = len(self._users) - len(self._free)
+        assert live == len(self._by_user)
+        assert len(set(self._free)) == len(self._free)
+        for handle in self._free:
+            assert self._users[handle] is None
+
+        for user, key in self._by_user.items():
+            assert self._users[_keys.key_handle(key)] == user
+
+        # Key order must be rank order, including user id within a run.
+        order = [_rank_order(self._entry(key)) for key in self._keys]
+        assert all(a < b for a, b in zip(order, order[1:], strict=False))
+
+
+def _rank_order(entry: IndexEntry) -> tuple[int, int, str]:
+    return _keys.sort_key(entry.score, entry.reached_us, entry.user_id)

@@ -1,0 +1,94 @@
+"""Run a shard node: rebuild from PostgreSQL, then serve gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from grpc import aio
+
+from chronoscore._logging import configure_logging
+from chronoscore._ring import Ring
+from chronoscore._server import serve_until_stopped
+from chronoscore.errors import ChronoscoreError
+from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
+
+from .service import ShardServicer
+from .shard import Shard
+from .store import Store
+
+__all__ = ["main", "serve"]
+
+logger = logging.getLogger("chronoscore.shard")
+
+
+async def serve(
+    name: str,
+    ring: Ring,
+    dsn: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    port_file: Path | None = None,
+) -> None:
+    """Serve one shard until SIGINT or SIGTERM."""
+    shard = Shard(name, ring, Store(dsn))
+    await shard.start()
+
+    server = aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    _shard_grpc.add_ShardServiceServicer_to_server(ShardServicer(shard), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await serve_until_stopped(
+        server,
+        name=f"shard {name}",
+        port=bound,
+        port_file=port_file,
+        on_stop=shard.stop,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m shard_node",
+        description="Run one ChronoScore shard node.",
+    )
+    parser.add_argument("--name", required=True, help="this shard's ring name")
+    parser.add_argument(
+        "--ring",
+        required=True,
+        help="comma-separated names of every shard in the ring",
+    )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("CHRONOSCORE_DSN"),
+        help="PostgreSQL connection string (default: $CHRONOSCORE_DSN)",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--port-file", type=Path, help="write the bound port here once serving"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    if not args.dsn:
+        parser.error("--dsn or $CHRONOSCORE_DSN is required")
+
+    configure_logging(args.log_level)
+    try:
+        ring = Ring(args.ring.split(","))
+        asyncio.run(
+            serve(
+                args.name,
+                ring,
+                args.dsn,
+                host=args.host,
+                port=args.port,
+                port_file=args.port_file,
+            )
+        )
+    except ChronoscoreError as exc:
+        logger.error("shard %s cannot start: %s", args.name, exc)
+        raise SystemExit(2) from None
