@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +44,11 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     logger.info("starting embedded PostgreSQL in %s", data_dir)
-    server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # pgserver falls back to /tmp for its runtime files when
+        # XDG_RUNTIME_DIR is unset, as in containers; that is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:
@@ -212,8 +217,14 @@ class LocalCluster:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             stderr = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # A session of its own keeps Ctrl-C at the terminal away from the
+        # child, so the supervisor decides the order things stop in.
         self.processes[name] = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stderr=stderr, env=env
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,
         )
         if stderr is not None:
             stderr.close()
