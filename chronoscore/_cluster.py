@@ -40,14 +40,14 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     The server is the one shipped in the ``pgserver`` wheel. It stops
     when the block exits, and its data stays for the next start.
     """
-    import pgserver
-
     data_dir.mkdir(parents=True, exist_ok=True)
     logger.info("starting embedded PostgreSQL in %s", data_dir)
     with warnings.catch_warnings():
         # pgserver falls back to /tmp for its runtime files when
         # XDG_RUNTIME_DIR is unset, as in containers; that is fine.
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import pgserver
+
         server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop")
     try:
         yield str(server.get_uri())

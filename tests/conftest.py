@@ -1,0 +1,62 @@
+"""Fixtures: a real PostgreSQL and real cluster processes.
+
+Set ``CHRONOSCORE_TEST_DSN`` to use a PostgreSQL you run; otherwise the
+suite starts an embedded one (from the ``pgserver`` wheel) for itself.
+Each test gets a database of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from chronoscore import Client
+from chronoscore._cluster import LocalCluster, embedded_postgres
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The DSN of a PostgreSQL server the tests may create databases on."""
+    dsn = os.environ.get("CHRONOSCORE_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    with embedded_postgres(tmp_path_factory.mktemp("pg")) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def dsn(pg_server: str) -> Iterator[str]:
+    """A new, empty database, dropped after the test."""
+    name = f"chronoscore_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(pg_server, dbname=name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)
+            )
+        )
+
+
+@pytest.fixture
+def cluster(dsn: str, tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three shard processes and a coordinator on ephemeral ports."""
+    with LocalCluster(
+        dsn, 3, workdir=tmp_path, log_dir=tmp_path / "logs", log_level="DEBUG"
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    with Client(cluster.target) as connected:
+        yield connected
