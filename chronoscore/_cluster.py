@@ -86,6 +86,7 @@ class LocalCluster:
             self._tmp = tempfile.TemporaryDirectory(prefix="chronoscore-")
             workdir = Path(self._tmp.name)
         self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.shard_ports: dict[str, int] = {}
         self.coordinator_port = 0
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -96,6 +97,15 @@ class LocalCluster:
         return f"{self.host}:{self.coordinator_port}"
 
     def start(self, timeout: float = 120.0) -> LocalCluster:
+        """Start every process; on any failure stop those already started."""
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
         for name in self.names:
             self.start_shard(name, wait=False)
         for name in self.names:
@@ -109,7 +119,6 @@ class LocalCluster:
             ["coordinator", "--shards", shards, "--port", str(self.port)],
         )
         self.coordinator_port = self._wait_ready("coordinator", timeout)
-        return self
 
     def start_shard(self, name: str, *, wait: bool = True, timeout: float = 120.0) -> None:
         """Start (or restart, on its old port) one shard process."""

@@ -32,7 +32,14 @@ class ShardClients:
         self._channels = {
             name: aio.insecure_channel(
                 address,
-                options=[("grpc.max_receive_message_length", 64 << 20)],
+                options=[
+                    ("grpc.max_receive_message_length", 64 << 20),
+                    # A restarted shard is back within seconds; keep the
+                    # reconnect backoff short so it is used right away.
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.min_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
+                ],
             )
             for name, address in addresses.items()
         }

@@ -1,0 +1,460 @@
+"""LeaderboardIndex against hand-worked cases and a plain model.
+
+Every change to an index goes through ``upsert`` or ``remove`` below,
+which call ``_check()`` straight after, so a broken invariant fails at
+the step that broke it rather than at some later query.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+import pytest
+
+from chronoscore._keys import REACHED_MAX, SCORE_MAX, SCORE_MIN, TIE_LIMIT
+from shard_node.index import IndexEntry, LeaderboardIndex
+
+# Python compares str by code point, which is also UTF-8 byte order.
+# "B" < "a" (case), "\ufb01" < emoji (UTF-16 order would swap these),
+# and "e\u0301" is a different user from "é" (no normalization).
+ODD_USERS = [
+    "a",
+    "B",
+    "é",
+    "e\u0301",
+    "ß",
+    "Ω",
+    "日本",
+    "\ufb01",
+    "\U0001f600",
+    "a\U0001f600",
+    "a\uffff",
+]
+
+
+def upsert(index: LeaderboardIndex, user: str, score: int, reached: int) -> None:
+    index.upsert(user, score, reached)
+    index._check()
+
+
+def remove(index: LeaderboardIndex, user: str) -> bool:
+    removed = index.remove(user)
+    index._check()
+    return removed
+
+
+def build(entries: Iterable[tuple[str, int, int]]) -> LeaderboardIndex:
+    index = LeaderboardIndex()
+    index._check()
+    for user, score, reached in entries:
+        upsert(index, user, score, reached)
+    return index
+
+
+def users(index: LeaderboardIndex) -> list[str]:
+    return [entry.user_id for entry in index]
+
+
+def rank_order(entries: Iterable[IndexEntry]) -> list[IndexEntry]:
+    return sorted(entries, key=lambda e: (-e.score, e.reached_us, e.user_id))
+
+
+def test_empty_index() -> None:
+    index = LeaderboardIndex()
+    index._check()
+
+    assert len(index) == 0
+    assert list(index) == []
+    assert index.top(10) == []
+    assert index.get("a") is None
+    assert index.rank_of("a") is None
+    assert index.count_ahead(0, 0, "a") == 0
+    assert "a" not in index
+    assert remove(index, "a") is False
+
+
+def test_upsert_inserts_in_rank_order() -> None:
+    index = build([("low", 1, 5), ("high", 9, 5), ("late", 5, 8)])
+    upsert(index, "early", 5, 2)
+
+    assert users(index) == ["high", "early", "late", "low"]
+    assert len(index) == 4
+    assert index.get("late") == IndexEntry("late", 5, 8)
+
+
+def test_upsert_moves_an_existing_entry() -> None:
+    index = build([("a", 10, 1), ("b", 20, 1), ("c", 30, 1)])
+    upsert(index, "a", 40, 2)
+    assert users(index) == ["a", "c", "b"]
+
+    upsert(index, "c", -5, 3)
+    assert users(index) == ["a", "b", "c"]
+    assert index.get("c") == IndexEntry("c", -5, 3)
+    assert len(index) == 3
+
+    # Writing the same position again must not disturb anything.
+    upsert(index, "b", 20, 1)
+    assert users(index) == ["a", "b", "c"]
+    assert index.rank_of("b") == 1
+
+
+def test_remove_drops_only_that_entry() -> None:
+    index = build([("a", 3, 0), ("b", 2, 0), ("c", 1, 0)])
+    assert remove(index, "b") is True
+    assert remove(index, "b") is False
+
+    assert users(index) == ["a", "c"]
+    assert index.get("b") is None
+    assert index.rank_of("b") is None
+    assert "b" not in index
+    assert index.rank_of("c") == 1
+    assert len(index) == 2
+
+    assert remove(index, "a") and remove(index, "c")
+    assert len(index) == 0 and list(index) == []
+
+
+def test_get_contains_and_len() -> None:
+    index = build([("a", 7, 11), ("b", 7, 11)])
+    entry = index.get("a")
+
+    assert entry == IndexEntry("a", 7, 11)
+    assert isinstance(entry, IndexEntry)
+    assert "a" in index and "b" in index
+    assert "A" not in index and 7 not in index
+    assert index.get("A") is None
+    assert len(index) == 2
+
+
+def test_rank_of_counts_entries_strictly_ahead() -> None:
+    index = build([("a", 5, 3), ("b", 5, 1), ("c", 9, 9), ("d", 1, 0), ("e", 5, 1)])
+    ranks = {user: index.rank_of(user) for user in "abcde"}
+    assert ranks == {"c": 0, "b": 1, "e": 2, "a": 3, "d": 4}
+
+
+AHEAD_ENTRIES = [
+    ("top", 9, 0),
+    ("b", 5, 2),
+    ("d", 5, 2),
+    ("f", 5, 2),
+    ("late", 5, 4),
+    ("neg", -1, 0),
+    ("bottom", -9, 9),
+]
+
+
+@pytest.mark.parametrize(
+    ("score", "reached", "user", "ahead"),
+    [
+        (SCORE_MAX, 0, "", 0),
+        (10, 0, "x", 0),
+        (9, 0, "a", 0),
+        (9, 0, "z", 1),
+        (9, 1, "a", 1),
+        (5, 2, "a", 1),
+        (5, 2, "c", 2),
+        (5, 2, "e", 3),
+        (5, 2, "g", 4),
+        (5, 3, "a", 4),
+        (0, 0, "x", 5),
+        (-9, 10, "a", 7),
+        (SCORE_MIN, REACHED_MAX, "\U0010ffff", 7),
+    ],
+)
+def test_count_ahead_of_a_foreign_position(
+    score: int, reached: int, user: str, ahead: int
+) -> None:
+    index = build(AHEAD_ENTRIES)
+    assert user not in index
+    assert index.count_ahead(score, reached, user) == ahead
+
+
+def test_count_ahead_of_a_member_is_its_rank() -> None:
+    index = build(AHEAD_ENTRIES)
+    for rank, (user, score, reached) in enumerate(AHEAD_ENTRIES):
+        assert index.rank_of(user) == rank
+        assert index.count_ahead(score, reached, user) == rank
+
+
+def test_top_and_iteration_follow_rank_order() -> None:
+    index = build(reversed(AHEAD_ENTRIES))
+    expected = [IndexEntry(*entry) for entry in AHEAD_ENTRIES]
+
+    assert index.top(0) == []
+    assert index.top(1) == [IndexEntry("top", 9, 0)]
+    assert index.top(3) == expected[:3]
+    assert index.top(100) == expected
+    assert list(index) == expected
+    assert list(index) == expected
+
+
+def test_from_sorted_then_later_changes() -> None:
+    raw = [("x", 5, 2), ("y", 1, 1), ("w", 5, 2)] + [(u, 5, 2) for u in ODD_USERS]
+    entries = rank_order(IndexEntry(*entry) for entry in raw)
+    index = LeaderboardIndex.from_sorted(entries)
+    index._check()
+
+    assert list(index) == entries
+    assert len(index) == len(entries)
+    assert list(LeaderboardIndex(reversed(entries))) == entries
+    for rank, entry in enumerate(entries):
+        assert index.rank_of(entry.user_id) == rank
+
+    # Later upserts must renumber the tie run from_sorted wrote.
+    upsert(index, "c", 5, 2)
+    upsert(index, "y", 5, 2)
+    assert remove(index, "w")
+    model = {e.user_id: e for e in entries if e.user_id != "w"}
+    model |= {"c": IndexEntry("c", 5, 2), "y": IndexEntry("y", 5, 2)}
+    assert list(index) == rank_order(model.values())
+
+    assert len(LeaderboardIndex.from_sorted([])) == 0
+
+
+def test_scores_zero_and_negative() -> None:
+    index = build([("zero", 0, 0), ("minus", -1, 0), ("plus", 1, 0)])
+    upsert(index, "deep", -(10**12), 0)
+
+    assert users(index) == ["plus", "zero", "minus", "deep"]
+    assert index.get("zero") == IndexEntry("zero", 0, 0)
+    assert index.count_ahead(0, 0, "a") == 1
+    assert index.count_ahead(-1, 1, "a") == 3
+
+
+def test_int64_extreme_scores_and_times() -> None:
+    entries = [
+        ("min-late", SCORE_MIN, REACHED_MAX),
+        ("max", SCORE_MAX, 0),
+        ("mid", 0, 0),
+        ("min", SCORE_MIN, 0),
+        ("max-late", SCORE_MAX, REACHED_MAX),
+        ("min+1", SCORE_MIN + 1, REACHED_MAX),
+        ("max-1", SCORE_MAX - 1, 0),
+    ]
+    index = build(entries)
+    order = ["max", "max-late", "max-1", "mid", "min+1", "min", "min-late"]
+
+    assert users(index) == order
+    for user, score, reached in entries:
+        assert index.get(user) == IndexEntry(user, score, reached)
+    assert index.count_ahead(SCORE_MAX, 0, "") == 0
+    assert index.count_ahead(SCORE_MIN, 1, "a") == 6
+    assert list(LeaderboardIndex.from_sorted(index)) == list(index)
+
+    upsert(index, "max", SCORE_MIN, REACHED_MAX)
+    assert users(index)[-2:] == ["max", "min-late"]
+    assert index.get("max") == IndexEntry("max", SCORE_MIN, REACHED_MAX)
+
+
+def test_scores_above_2_53_keep_exact_order() -> None:
+    big = 2**53
+    # These differ by 1 but not as floats.
+    assert float(big + 1) == float(big)
+    scores = [big + 1, big, big + 2, -big - 1, -big, 2**62 + 1, 2**62]
+    index = build((f"s{i}", score, 0) for i, score in enumerate(scores))
+
+    assert [entry.score for entry in index] == sorted(scores, reverse=True)
+    assert all(type(entry.score) is int for entry in index)
+    assert index.get("s0") == IndexEntry("s0", big + 1, 0)
+    assert index.rank_of("s0") == 3
+    assert index.rank_of("s1") == 4
+    assert index.count_ahead(big + 1, 1, "") == 4
+    assert index.count_ahead(-big, 0, "s3") == 5
+
+
+def test_many_equal_scores_order_by_time() -> None:
+    times = random.Random(7).sample(range(10_000), 300)
+    index = build((f"u{i}", 42, t) for i, t in enumerate(times))
+    ordered = sorted(times)
+
+    assert [entry.reached_us for entry in index] == ordered
+    for i, t in enumerate(times):
+        assert index.rank_of(f"u{i}") == ordered.index(t)
+
+
+def test_tie_run_orders_by_user_code_points() -> None:
+    shuffled = ODD_USERS[:]
+    random.Random(3).shuffle(shuffled)
+    index = build((user, 10, 500) for user in shuffled)
+    upsert(index, "zz-before", 10, 499)
+    upsert(index, "\x01after", 10, 501)
+    run = sorted(ODD_USERS)
+
+    assert users(index) == ["zz-before", *run, "\x01after"]
+    assert run.index("B") < run.index("a")
+    assert run.index("\ufb01") < run.index("\U0001f600")
+    for rank, user in enumerate(run, start=1):
+        assert index.rank_of(user) == rank
+        assert index.count_ahead(10, 500, user) == rank
+
+
+def test_remove_from_middle_of_tie_run_then_readd() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    index = build((name, 3, 3) for name in names)
+    assert remove(index, "c")
+
+    assert users(index) == ["a", "b", "d", "e"]
+    assert index.rank_of("d") == 2
+    assert index.count_ahead(3, 3, "c") == 2
+
+    upsert(index, "c", 3, 3)
+    assert users(index) == names
+    assert index.rank_of("c") == 2 and index.rank_of("e") == 4
+
+    # Leave the run by a move, come back, and let a newcomer cut in.
+    upsert(index, "b", 4, 3)
+    assert users(index) == ["b", "a", "c", "d", "e"]
+    upsert(index, "b", 3, 3)
+    upsert(index, "ca", 3, 3)
+    assert users(index) == ["a", "b", "c", "ca", "d", "e"]
+
+
+def test_handles_are_reused_after_remove() -> None:
+    index = build((f"old{i}", 5, 5) for i in range(6))
+    for i in (1, 3, 4):
+        assert remove(index, f"old{i}")
+    upsert(index, "new1", 5, 5)
+    upsert(index, "aaa", 5, 5)
+    upsert(index, "new3", 9, 0)
+
+    # Reused handles must name the new users, never the removed ones.
+    assert len(index._users) == 6
+    assert users(index) == ["new3", "aaa", "new1", "old0", "old2", "old5"]
+    assert index.get("old3") is None
+    assert index.get("new1") == IndexEntry("new1", 5, 5)
+    assert index.rank_of("old0") == 3
+
+    upsert(index, "old1", 1, 1)
+    assert index.rank_of("old1") == 6
+    assert len(index) == 7
+
+
+def full_tie_run(*extra: IndexEntry) -> LeaderboardIndex:
+    run = [IndexEntry(f"u{i:05d}", 5, 7) for i in range(TIE_LIMIT)]
+    index = LeaderboardIndex.from_sorted([*run, *extra])
+    index._check()
+    return index
+
+
+def test_from_sorted_rejects_an_overlong_tie_run() -> None:
+    assert len(full_tie_run()) == TIE_LIMIT
+    with pytest.raises(OverflowError):
+        full_tie_run(IndexEntry("u99999", 5, 7))
+
+
+@pytest.mark.parametrize("user", ["newcomer", "outsider"])
+def test_upsert_into_a_full_tie_run_leaves_index_unchanged(user: str) -> None:
+    index = full_tie_run(IndexEntry("outsider", 1, 1))
+    before = index.get(user)
+    with pytest.raises(OverflowError):
+        index.upsert(user, 5, 7)
+
+    assert index.get(user) == before
+    assert len(index) == TIE_LIMIT + 1
+    assert len(list(index)) == TIE_LIMIT + 1
+    index._check()
+    assert remove(index, "outsider") is True
+
+
+# The randomized run: small ranges so that equal scores and whole runs
+# of shared (score, reached_us) are common.
+POOL = [f"u{i}" for i in range(30)] + ODD_USERS
+FOREIGN = [*POOL, "", "u", "zz", "\U0010ffff"]
+Model = dict[str, tuple[int, int]]
+Step = Callable[[LeaderboardIndex, Model, random.Random], LeaderboardIndex]
+
+
+def position(rng: random.Random) -> tuple[int, int]:
+    return rng.randint(-3, 3), rng.randint(0, 3)
+
+
+def model_order(model: Model) -> list[IndexEntry]:
+    return rank_order(IndexEntry(u, s, r) for u, (s, r) in model.items())
+
+
+def step_insert(
+    index: LeaderboardIndex, model: Model, rng: random.Random
+) -> LeaderboardIndex:
+    absent = [user for user in POOL if user not in model]
+    if absent:
+        user = rng.choice(absent)
+        model[user] = position(rng)
+        upsert(index, user, *model[user])
+    return index
+
+
+def step_move(
+    index: LeaderboardIndex, model: Model, rng: random.Random
+) -> LeaderboardIndex:
+    if model:
+        user = rng.choice(list(model))
+        model[user] = position(rng)
+        upsert(index, user, *model[user])
+    return index
+
+
+def step_remove(
+    index: LeaderboardIndex, model: Model, rng: random.Random
+) -> LeaderboardIndex:
+    user = rng.choice(POOL)
+    assert remove(index, user) == (model.pop(user, None) is not None)
+    return index
+
+
+def step_read(
+    index: LeaderboardIndex, model: Model, rng: random.Random
+) -> LeaderboardIndex:
+    assert list(index) == model_order(model)
+    user = rng.choice(POOL)
+    expected = IndexEntry(user, *model[user]) if user in model else None
+    assert index.get(user) == expected
+    return index
+
+
+def step_rebuild(
+    index: LeaderboardIndex, model: Model, rng: random.Random
+) -> LeaderboardIndex:
+    rebuilt = LeaderboardIndex.from_sorted(index)
+    rebuilt._check()
+    return rebuilt
+
+
+STEPS: list[Step] = (
+    [step_insert] * 4 + [step_move] * 4 + [step_remove] * 3 + [step_read] * 2
+) + [step_rebuild]
+
+
+def compare(index: LeaderboardIndex, model: Model, rng: random.Random) -> None:
+    order = model_order(model)
+    assert len(index) == len(order)
+
+    limit = rng.randint(0, len(order) + 2)
+    assert index.top(limit) == order[:limit]
+    for rank, entry in enumerate(order):
+        assert index.rank_of(entry.user_id) == rank
+
+    for _ in range(3):
+        score, reached = rng.randint(-4, 4), rng.randint(0, 4)
+        user = rng.choice(FOREIGN)
+        ahead = sum(
+            (-e.score, e.reached_us, e.user_id) < (-score, reached, user) for e in order
+        )
+        assert index.count_ahead(score, reached, user) == ahead
+
+
+@pytest.mark.parametrize("seed", [11, 2024, 777])
+def test_random_steps_match_a_plain_model(seed: int) -> None:
+    rng = random.Random(seed)
+    index = LeaderboardIndex()
+    model: Model = {}
+    longest_run = 0
+    for _ in range(3000):
+        index = rng.choice(STEPS)(index, model, rng)
+        compare(index, model, rng)
+        runs = Counter(model.values())
+        longest_run = max(longest_run, *runs.values(), 0)
+
+    # The ranges must be small enough to exercise shared positions.
+    assert longest_run >= 3

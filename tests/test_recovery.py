@@ -1,0 +1,134 @@
+"""Restarts and kills of real processes: nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from chronoscore import Client, Unavailable, Update
+from chronoscore._cluster import LocalCluster
+from chronoscore._ring import Ring
+
+from .oracle import ranked, scores
+
+BOARD = "arena"
+T = TypeVar("T")
+
+
+def test_full_restart_keeps_scores_and_ranks(dsn: str, tmp_path: Path) -> None:
+    rng = random.Random(7)
+    updates = [
+        Update(BOARD, f"u{rng.randrange(400)}", rng.randrange(-5, 50), mode)
+        for mode in ("set", "increment", "best")
+        for _ in range(1500)
+    ]
+
+    with LocalCluster(dsn, 3, workdir=tmp_path / "a") as cluster:
+        with Client(cluster.target) as client:
+            client.upsert_user("u1", "One")
+            assert all(r.ok for r in client.submit_scores(updates))
+            before_top = client.top(BOARD, 1000)
+            before_ranks = {
+                e.user_id: client.rank(BOARD, e.user_id) for e in before_top
+            }
+
+    # Every process is new: the indexes come back from PostgreSQL alone.
+    with LocalCluster(dsn, 3, workdir=tmp_path / "b") as cluster:
+        with Client(cluster.target) as client:
+            assert client.top(BOARD, 1000) == before_top
+            for user, found in before_ranks.items():
+                assert client.rank(BOARD, user) == found
+    assert [(e.user_id, e.score, e.rank) for e in before_top] == ranked(dsn, BOARD)
+    assert before_ranks["u1"].entry.display_name == "One"
+
+
+def _writer(
+    target: str,
+    users: list[str],
+    acked: dict[str, int],
+    tried: dict[str, int],
+    stop: threading.Event,
+) -> None:
+    """Increment each user in turn, recording attempts and acknowledgements."""
+    with Client(target, timeout=2.0) as client:
+        while not stop.is_set():
+            for user in users:
+                tried[user] = tried.get(user, 0) + 1
+                try:
+                    client.submit_score(BOARD, user, 1, "increment")
+                except Unavailable:
+                    # Not acknowledged: it may or may not have committed.
+                    continue
+                acked[user] = acked.get(user, 0) + 1
+
+
+def test_kill_9_loses_no_acknowledged_write(cluster: LocalCluster) -> None:
+    ring = Ring(cluster.names)
+    victim = cluster.names[1]
+    users = [f"w{i}" for i in range(60)]
+    assert any(ring.owner(u) == victim for u in users)
+
+    acked: dict[str, int] = {}
+    tried: dict[str, int] = {}
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=_writer, args=(cluster.target, users[i::4], acked, tried, stop)
+        )
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    cluster.kill(victim, signal.SIGKILL)
+    time.sleep(1.0)
+    cluster.start_shard(victim)
+    time.sleep(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    victims = [u for u in users if ring.owner(u) == victim]
+    assert sum(acked.get(u, 0) for u in victims) > 0
+    stored = scores(cluster.dsn, BOARD)
+    with Client(cluster.target) as client:
+        for user in users:
+            # Each acknowledged increment committed; an unacknowledged
+            # one may have committed too, but never twice.
+            assert acked.get(user, 0) <= stored[user] <= tried[user], user
+            assert client.rank(BOARD, user).entry.score == stored[user]
+
+
+def test_shard_down_gives_unavailable(cluster: LocalCluster, client: Client) -> None:
+    client.submit_score(BOARD, "x", 1, "set")
+    victim = cluster.names[0]
+    cluster.kill(victim, signal.SIGKILL)
+
+    started = time.monotonic()
+    try:
+        client.top(BOARD)
+    except Unavailable as exc:
+        assert victim in str(exc)
+    else:
+        raise AssertionError("top answered without one of its shards")
+    assert time.monotonic() - started < 8
+
+    # Once the shard is back, the coordinator reconnects by itself.
+    cluster.start_shard(victim)
+    assert _eventually(lambda: client.top(BOARD))[0].user_id == "x"
+
+
+def _eventually(call: Callable[[], T], seconds: float = 10.0) -> T:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
