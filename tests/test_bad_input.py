@@ -1,0 +1,175 @@
+"""Bad input gets a precise status and message, and changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from chronoscore._cluster import LocalCluster
+from chronoscore.v1 import leaderboard_pb2 as pb
+from chronoscore.v1 import leaderboard_pb2_grpc as pb_grpc
+
+BOARD = "board"
+BEST = pb.SCORE_MODE_BEST
+INCREMENT = pb.SCORE_MODE_INCREMENT
+
+
+@pytest.fixture
+def stub(cluster: LocalCluster) -> Iterator[pb_grpc.LeaderboardServiceStub]:
+    channel = grpc.insecure_channel(cluster.target)
+    yield pb_grpc.LeaderboardServiceStub(channel)
+    channel.close()
+
+
+def _rows(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        scores = conn.execute("SELECT * FROM user_score ORDER BY 1, 2").fetchall()
+        users = conn.execute(
+            "SELECT user_id, display_name FROM users ORDER BY 1"
+        ).fetchall()
+    return scores + users
+
+
+def _update(**fields: Any) -> pb.SubmitScoreRequest:
+    base: dict[str, Any] = dict(leaderboard=BOARD, user_id="u", score=1, mode=BEST)
+    base.update(fields)
+    return pb.SubmitScoreRequest(**{k: v for k, v in base.items() if v is not None})
+
+
+def _expect(call: Any, request: Any, code: grpc.StatusCode, *words: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=10)
+    assert caught.value.code() == code, caught.value.details()
+    for word in words:
+        assert word in caught.value.details()
+
+
+INVALID_UPDATES = [
+    pytest.param(_update(user_id=""), ["user_id", "empty"], id="empty-user"),
+    pytest.param(_update(user_id="   "), ["user_id", "blank"], id="blank-user"),
+    pytest.param(_update(user_id="x" * 129), ["129 bytes", "128"], id="long-user"),
+    pytest.param(_update(user_id="é" * 65), ["130 bytes"], id="long-utf8-user"),
+    pytest.param(_update(user_id="a\x00b"), ["control"], id="nul-in-user"),
+    pytest.param(_update(leaderboard=""), ["leaderboard", "empty"], id="no-board"),
+    pytest.param(_update(leaderboard="a b"), ["leaderboard"], id="space-board"),
+    pytest.param(_update(score=None), ["score is required"], id="missing-score"),
+    pytest.param(_update(mode=0), ["mode is required"], id="unset-mode"),
+    pytest.param(_update(mode=7), ["mode 7"], id="unknown-mode"),
+]
+
+
+@pytest.mark.parametrize(("request_", "words"), INVALID_UPDATES)
+def test_invalid_update_is_rejected(
+    stub: pb_grpc.LeaderboardServiceStub,
+    cluster: LocalCluster,
+    request_: pb.SubmitScoreRequest,
+    words: list[str],
+) -> None:
+    stub.SubmitScore(_update(user_id="keep", score=5), timeout=10)
+    before = _rows(cluster.dsn)
+
+    _expect(stub.SubmitScore, request_, grpc.StatusCode.INVALID_ARGUMENT, *words)
+
+    # In a batch, one bad update rejects the batch and applies nothing.
+    batch = pb.SubmitScoresRequest(
+        updates=[_update(user_id="good", score=3), request_]
+    )
+    _expect(
+        stub.SubmitScores, batch, grpc.StatusCode.INVALID_ARGUMENT, "updates[1]."
+    )
+    assert _rows(cluster.dsn) == before
+
+
+def test_zero_is_a_real_score(stub: pb_grpc.LeaderboardServiceStub) -> None:
+    reply = stub.SubmitScore(_update(score=0), timeout=10)
+    assert (reply.score, reply.changed) == (0, True)
+
+
+def test_batch_limits(stub: pb_grpc.LeaderboardServiceStub, cluster: LocalCluster) -> None:
+    before = _rows(cluster.dsn)
+    too_many = pb.SubmitScoresRequest(
+        updates=[_update(user_id=f"u{i}") for i in range(10_001)]
+    )
+    _expect(
+        stub.SubmitScores, too_many, grpc.StatusCode.INVALID_ARGUMENT, "10000", "10001"
+    )
+    _expect(
+        stub.SubmitScores,
+        pb.SubmitScoresRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "empty",
+    )
+    assert _rows(cluster.dsn) == before
+
+
+def test_increment_overflow_is_out_of_range(
+    stub: pb_grpc.LeaderboardServiceStub, cluster: LocalCluster
+) -> None:
+    top = 2**63 - 1
+    stub.SubmitScore(_update(user_id="rich", score=top - 1, mode=INCREMENT), timeout=10)
+    stub.SubmitScore(_update(user_id="poor", score=-(2**63), mode=INCREMENT), timeout=10)
+    before = _rows(cluster.dsn)
+
+    up = _update(user_id="rich", score=2, mode=INCREMENT)
+    _expect(stub.SubmitScore, up, grpc.StatusCode.OUT_OF_RANGE, "int64", "rich")
+    down = _update(user_id="poor", score=-1, mode=INCREMENT)
+    _expect(stub.SubmitScore, down, grpc.StatusCode.OUT_OF_RANGE, "int64")
+    assert _rows(cluster.dsn) == before
+
+    # In a batch the overflowing update fails alone; the rest apply.
+    reply = stub.SubmitScores(
+        pb.SubmitScoresRequest(
+            updates=[up, _update(user_id="rich", score=1, mode=INCREMENT)]
+        ),
+        timeout=10,
+    )
+    first, second = reply.results
+    assert first.failure.code == grpc.StatusCode.OUT_OF_RANGE.value[0]
+    assert second.applied.score == top
+
+
+def test_unknown_user_rank_is_not_found(stub: pb_grpc.LeaderboardServiceStub) -> None:
+    stub.SubmitScore(_update(user_id="known"), timeout=10)
+    for board, user in ((BOARD, "ghost"), ("other-board", "known")):
+        request = pb.GetRankRequest(leaderboard=board, user_id=user)
+        _expect(stub.GetRank, request, grpc.StatusCode.NOT_FOUND, user, board)
+
+
+@pytest.mark.parametrize("limit", [-1, 1001])
+def test_top_limit_out_of_bounds(
+    stub: pb_grpc.LeaderboardServiceStub, limit: int
+) -> None:
+    request = pb.GetTopRequest(leaderboard=BOARD, limit=limit)
+    _expect(stub.GetTop, request, grpc.StatusCode.INVALID_ARGUMENT, "limit", str(limit))
+
+
+def test_top_of_empty_leaderboard_is_empty(stub: pb_grpc.LeaderboardServiceStub) -> None:
+    reply = stub.GetTop(pb.GetTopRequest(leaderboard="nobody-here"), timeout=10)
+    assert list(reply.entries) == [] and reply.total == 0
+
+
+@pytest.mark.parametrize(
+    ("user", "name", "words"),
+    [
+        ("", "Ann", ["user_id"]),
+        ("ann", "", ["display_name"]),
+        ("ann", "  ", ["display_name"]),
+        ("ann", "A\x00nn", ["control"]),
+        ("ann", "x" * 257, ["257 bytes"]),
+    ],
+)
+def test_invalid_profile_is_rejected(
+    stub: pb_grpc.LeaderboardServiceStub,
+    cluster: LocalCluster,
+    user: str,
+    name: str,
+    words: list[str],
+) -> None:
+    before = _rows(cluster.dsn)
+    request = pb.UpsertUserRequest(user_id=user, display_name=name)
+    _expect(stub.UpsertUser, request, grpc.StatusCode.INVALID_ARGUMENT, *words)
+    assert _rows(cluster.dsn) == before
