@@ -164,26 +164,33 @@ class LocalCluster:
         self._wait_ready("coordinator", timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM everything, coordinator first; SIGKILL what lingers."""
-        order = ["coordinator", *self.names]
-        for name in order:
-            proc = self.processes.get(name)
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        """SIGTERM the coordinator, then the shards; SIGKILL what lingers.
+
+        The coordinator goes first so no new writes reach a shard that is
+        flushing its last commits.
+        """
+        self._terminate(["coordinator"], timeout)
+        self._terminate(self.names, timeout)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _terminate(self, names: list[str], timeout: float) -> None:
+        running = [
+            (name, proc)
+            for name in names
+            if (proc := self.processes.get(name)) is not None and proc.poll() is None
+        ]
+        for _, proc in running:
+            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for name in order:
-            proc = self.processes.get(name)
-            if proc is None:
-                continue
+        for name, proc in running:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 logger.warning("%s did not stop in time; killing it", name)
                 proc.kill()
                 proc.wait()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
     def wait(self) -> str:
         """Block until any process exits; return its name."""

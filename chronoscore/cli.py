@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -55,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("CHRONOSCORE_TARGET", DEFAULT_TARGET),
         help="coordinator HOST:PORT (default: $CHRONOSCORE_TARGET or %(default)s)",
     )
-    client.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
-    client.add_argument("--json", action="store_true", help="print JSON")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    output.add_argument("--json", action="store_true", help="print JSON")
 
     up = commands.add_parser(
         "up", help="run a local cluster in the foreground until Ctrl-C"
@@ -78,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     up.set_defaults(run=_up)
 
     submit = commands.add_parser(
-        "submit", parents=[client], help="submit one score update"
+        "submit", parents=[client, output], help="submit one score update"
     )
     submit.add_argument("leaderboard")
     submit.add_argument("user_id")
@@ -87,21 +89,21 @@ def _parser() -> argparse.ArgumentParser:
     submit.set_defaults(run=_submit)
 
     top = commands.add_parser(
-        "top", parents=[client], help="show the best entries of a leaderboard"
+        "top", parents=[client, output], help="show the best entries of a leaderboard"
     )
     top.add_argument("leaderboard")
     top.add_argument("--limit", type=int, default=10, help="1 to 1000")
     top.set_defaults(run=_top)
 
     rank = commands.add_parser(
-        "rank", parents=[client], help="show one user's global rank"
+        "rank", parents=[client, output], help="show one user's global rank"
     )
     rank.add_argument("leaderboard")
     rank.add_argument("user_id")
     rank.set_defaults(run=_rank)
 
     user = commands.add_parser(
-        "user", parents=[client], help="create or rename a user profile"
+        "user", parents=[client, output], help="create or rename a user profile"
     )
     user.add_argument("user_id")
     user.add_argument("display_name")
@@ -112,8 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     baseball = demos.add_parser(
         "baseball",
         help="Baseball Databank batting records, 1871-2020",
-        parents=[client],
-        conflict_handler="resolve",
+        parents=[output],
     )
     baseball.add_argument(
         "--target",
@@ -198,11 +199,19 @@ def _user(args: argparse.Namespace) -> None:
         console.print(f"{args.user_id} is now {args.display_name!r}", markup=False)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _up(args: argparse.Namespace) -> None:
     from contextlib import ExitStack
 
     from ._cluster import LocalCluster, default_data_dir, embedded_postgres
 
+    # SIGTERM (from a service manager) stops the cluster like Ctrl-C, and
+    # Ctrl-C works even where the shell started us with SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     with ExitStack() as stack:
         dsn = args.dsn
         if not dsn:

@@ -1,8 +1,7 @@
 """LeaderboardIndex against hand-worked cases and a plain model.
 
-Every change to an index goes through ``upsert`` or ``remove`` below,
-which call ``_check()`` straight after, so a broken invariant fails at
-the step that broke it rather than at some later query.
+Every change goes through ``upsert`` or ``remove`` below, which call
+``_check()`` at once, so a broken invariant fails where it broke.
 """
 
 from __future__ import annotations
@@ -28,13 +27,13 @@ def upsert(index: Index, user: str, score: int, reached: int) -> None:
     index._check()
 
 
-def remove(index: LeaderboardIndex, user: str) -> bool:
+def remove(index: Index, user: str) -> bool:
     removed = index.remove(user)
     index._check()
     return removed
 
 
-def build(entries: Iterable[tuple[str, int, int]]) -> LeaderboardIndex:
+def build(entries: Iterable[tuple[str, int, int]]) -> Index:
     index = LeaderboardIndex()
     index._check()
     for user, score, reached in entries:
@@ -42,7 +41,7 @@ def build(entries: Iterable[tuple[str, int, int]]) -> LeaderboardIndex:
     return index
 
 
-def users(index: LeaderboardIndex) -> list[str]:
+def users(index: Index) -> list[str]:
     return [entry.user_id for entry in index]
 
 
@@ -51,14 +50,11 @@ def rank_order(entries: Iterable[IndexEntry]) -> list[IndexEntry]:
 
 
 def test_empty_index() -> None:
-    index = LeaderboardIndex()
-    index._check()
+    index = build([])
 
     assert len(index) == 0
-    assert list(index) == []
-    assert index.top(10) == []
-    assert index.get("a") is None
-    assert index.rank_of("a") is None
+    assert list(index) == [] and index.top(10) == []
+    assert index.get("a") is None and index.rank_of("a") is None
     assert index.count_ahead(0, 0, "a") == 0
     assert "a" not in index
     assert remove(index, "a") is False
@@ -98,51 +94,31 @@ def test_remove_drops_only_that_entry() -> None:
     assert remove(index, "b") is False
 
     assert users(index) == ["a", "c"]
-    assert index.get("b") is None
-    assert index.rank_of("b") is None
-    assert "b" not in index
-    assert index.rank_of("c") == 1
+    assert index.get("b") is None and index.rank_of("b") is None
+    assert "b" not in index and index.rank_of("c") == 1
     assert len(index) == 2
 
     assert remove(index, "a") and remove(index, "c")
     assert len(index) == 0 and list(index) == []
 
 
-def test_rank_of_counts_entries_strictly_ahead() -> None:
-    index = build([("a", 5, 3), ("b", 5, 1), ("c", 9, 9), ("d", 1, 0), ("e", 5, 1)])
-    ranks = {user: index.rank_of(user) for user in "abcde"}
-    assert ranks == {"c": 0, "b": 1, "e": 2, "a": 3, "d": 4}
-
-
 AHEAD_ENTRIES = [("top", 9, 0), ("b", 5, 2), ("d", 5, 2), ("f", 5, 2)]
 AHEAD_ENTRIES += [("late", 5, 4), ("neg", -1, 0), ("bottom", -9, 9)]
 
 
-@pytest.mark.parametrize(
-    ("score", "reached", "user", "ahead"),
-    [
-        (SCORE_MAX, 0, "", 0),
-        (9, 0, "a", 0),
-        (9, 0, "z", 1),
-        (5, 2, "a", 1),
-        (5, 2, "c", 2),
-        (5, 2, "e", 3),
-        (5, 2, "g", 4),
-        (5, 3, "a", 4),
-        (-9, 10, "a", 7),
-        (SCORE_MIN, REACHED_MAX, "\U0010ffff", 7),
-    ],
-)
-def test_count_ahead_of_a_foreign_position(
-    score: int, reached: int, user: str, ahead: int
-) -> None:
+def test_count_ahead_of_members_and_foreign_positions() -> None:
     index = build(AHEAD_ENTRIES)
-    assert user not in index
-    assert index.count_ahead(score, reached, user) == ahead
 
+    # The run at (5, 2) holds b, d and f; a, c, e and g fall between.
+    assert [index.count_ahead(5, 2, u) for u in "aceg"] == [1, 2, 3, 4]
+    assert index.count_ahead(9, 0, "a") == 0
+    assert index.count_ahead(9, 0, "z") == 1
+    assert index.count_ahead(5, 3, "a") == 4
+    assert index.count_ahead(-9, 10, "a") == 7
+    assert index.count_ahead(SCORE_MAX, 0, "") == 0
+    assert index.count_ahead(SCORE_MIN, REACHED_MAX, "\U0010ffff") == 7
 
-def test_count_ahead_of_a_member_is_its_rank() -> None:
-    index = build(AHEAD_ENTRIES)
+    # A member's own position counts only the entries ahead of it.
     for rank, (user, score, reached) in enumerate(AHEAD_ENTRIES):
         assert index.rank_of(user) == rank
         assert index.count_ahead(score, reached, user) == rank
@@ -222,8 +198,8 @@ def test_scores_above_2_53_keep_exact_order() -> None:
     assert [entry.score for entry in index] == sorted(scores, reverse=True)
     assert all(type(entry.score) is int for entry in index)
     assert index.get("s0") == IndexEntry("s0", big + 1, 0)
-    assert index.rank_of("s0") == 3
-    assert index.rank_of("s1") == 4
+    ranks = [index.rank_of(f"s{i}") for i in range(len(scores))]
+    assert ranks == [3, 4, 2, 6, 5, 0, 1]
     assert index.count_ahead(big + 1, 1, "") == 4
     assert index.count_ahead(-big, 0, "s3") == 5
 
@@ -295,7 +271,7 @@ def test_handles_are_reused_after_remove() -> None:
     assert len(index) == 7
 
 
-def full_tie_run(*extra: IndexEntry) -> LeaderboardIndex:
+def full_tie_run(*extra: IndexEntry) -> Index:
     run = [IndexEntry(f"u{i:05d}", 5, 7) for i in range(TIE_LIMIT)]
     index = LeaderboardIndex.from_sorted([*run, *extra])
     index._check()
@@ -330,10 +306,6 @@ Model = dict[str, tuple[int, int]]
 Rng = random.Random
 
 
-def position(rng: random.Random) -> tuple[int, int]:
-    return rng.randint(-3, 3), rng.randint(0, 3)
-
-
 def model_order(model: Model) -> list[IndexEntry]:
     return rank_order(IndexEntry(u, s, r) for u, (s, r) in model.items())
 
@@ -352,7 +324,7 @@ def step(index: Index, model: Model, rng: Rng) -> Index:
     if action in ("insert", "move"):
         pool = [u for u in POOL if (u in model) == (action == "move")]
         user = rng.choice(pool or POOL)
-        model[user] = position(rng)
+        model[user] = (rng.randint(-3, 3), rng.randint(0, 3))
         upsert(index, user, *model[user])
     elif action == "remove":
         user = rng.choice(POOL)

@@ -82,7 +82,8 @@ def test_owner_is_independent_of_name_order() -> None:
 def test_owner_is_the_same_under_other_hash_seeds() -> None:
     one = owners_in_subprocess("1")
     other = owners_in_subprocess("12345")
-    here = [Ring(SHARDS).owner(user) for user in USERS]
+    ring = Ring(SHARDS)
+    here = [ring.owner(user) for user in USERS]
 
     # Different str hashes prove the seeds really took effect.
     assert one["hash"] != other["hash"]

@@ -1,0 +1,170 @@
+"""The chronoscore command against a real cluster, and the demo on real data."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chronoscore._cluster import LocalCluster
+from chronoscore._demo import read_batting
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "chronoscore", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def _json(*args: str) -> Any:
+    return json.loads(_run(*args, "--json").stdout)
+
+
+def test_submit_top_rank_user(cluster: LocalCluster) -> None:
+    target = ["--target", cluster.target]
+    assert _json("user", "ada", "Ada Lovelace", *target)["display_name"] == (
+        "Ada Lovelace"
+    )
+    assert _json("submit", "chess", "ada", "1200", *target) == {
+        "score": 1200,
+        "changed": True,
+    }
+    _json("submit", "chess", "bob", "1300", "--mode", "set", *target)
+    _json("submit", "chess", "ada", "150", "--mode", "increment", *target)
+
+    top = _json("top", "chess", "--limit", "5", *target)["entries"]
+    assert [(e["user_id"], e["score"], e["rank"]) for e in top] == [
+        ("ada", 1350, 1),
+        ("bob", 1300, 2),
+    ]
+    assert top[0]["display_name"] == "Ada Lovelace"
+    rank = _json("rank", "chess", "bob", *target)
+    assert (rank["rank"], rank["total"]) == (2, 2)
+
+    human = _run("top", "chess", *target).stdout
+    assert "Ada Lovelace" in human and "1350" in human
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["rank", "chess", "nobody"], "NOT_FOUND"),
+        (["top", "chess", "--limit", "5000"], "INVALID_ARGUMENT"),
+        (["submit", "", "ada", "1"], "INVALID_ARGUMENT"),
+    ],
+)
+def test_errors_are_reported_not_raised(
+    cluster: LocalCluster, args: list[str], code: str
+) -> None:
+    result = _run(*args, "--target", cluster.target, "--json", check=False)
+    assert result.returncode == 1
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == code and error["message"]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("score", ["1.5", "nan", "inf", "1e3", "9223372036854775808"])
+def test_non_integer_scores_are_refused(score: str) -> None:
+    result = _run("submit", "b", "u", score, check=False)
+    assert result.returncode == 2
+    assert "score" in result.stderr or "64-bit" in result.stderr
+
+
+def test_unreachable_target_is_unavailable() -> None:
+    result = _run(
+        "top", "b", "--target", "127.0.0.1:1", "--timeout", "2", "--json", check=False
+    )
+    assert result.returncode == 1
+    assert json.loads(result.stderr)["error"]["code"] == "UNAVAILABLE"
+
+
+def test_batting_records_give_the_known_totals() -> None:
+    names, rows = read_batting()
+    assert names["bondsba01"] == "Barry Bonds"
+    assert [r.year for r in rows] == sorted(r.year for r in rows)
+    career = sum(r.home_runs for r in rows if r.player_id == "bondsba01")
+    assert career == 762
+
+
+def test_demo_refuses_to_double_count(cluster: LocalCluster) -> None:
+    _run("submit", "hr-career", "someone", "1", "--target", cluster.target)
+    result = _run("demo", "baseball", "--target", cluster.target, check=False)
+    assert result.returncode == 1
+    assert "FAILED_PRECONDITION" in result.stderr and "--force" in result.stderr
+
+
+def test_demo_replays_to_the_published_answers() -> None:
+    doc = _json("demo", "baseball")
+    career = [(e["display_name"], e["score"]) for e in doc["top"]["hr-career"]]
+    assert career == [
+        ("Barry Bonds", 762),
+        ("Hank Aaron", 755),
+        ("Babe Ruth", 714),
+        ("Alex Rodriguez", 696),
+        ("Albert Pujols", 662),
+    ]
+    season = doc["top"]["hr-2001"][0]
+    assert (season["display_name"], season["score"], season["rank"]) == (
+        "Barry Bonds",
+        73,
+        1,
+    )
+    assert doc["updates"] == 3 * len(read_batting()[1])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _up(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chronoscore", "up", "--shards", "3"]
+        + ["--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "ChronoScore is up" in line:
+            return proc
+    raise AssertionError(f"up exited with {proc.wait()} before serving")
+
+
+def _interrupt(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output, output
+
+
+def test_up_keeps_scores_in_its_data_dir(tmp_path: Path) -> None:
+    port = _free_port()
+    target = ["--target", f"127.0.0.1:{port}"]
+    proc = _up(tmp_path / "data", port)
+    try:
+        _json("submit", "chess", "ada", "1200", *target)
+        _json("submit", "chess", "bob", "900", *target)
+    finally:
+        _interrupt(proc)
+
+    proc = _up(tmp_path / "data", port)
+    try:
+        rank = _json("rank", "chess", "bob", *target)
+        assert (rank["score"], rank["rank"], rank["total"]) == (900, 2, 2)
+    finally:
+        _interrupt(proc)
