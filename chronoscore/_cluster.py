@@ -48,7 +48,9 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
         import pgserver
 
-        server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="stop")
+        server = pgserver.get_server(  # type: ignore[attr-defined]
+            data_dir / "pgdata", cleanup_mode="stop"
+        )
     try:
         yield str(server.get_uri())
     finally:
@@ -111,16 +113,16 @@ class LocalCluster:
         for name in self.names:
             self.shard_ports[name] = self._wait_ready(name, timeout)
 
-        shards = ",".join(
-            f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names
-        )
+        shards = ",".join(f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names)
         self._spawn(
             "coordinator",
             ["coordinator", "--shards", shards, "--port", str(self.port)],
         )
         self.coordinator_port = self._wait_ready("coordinator", timeout)
 
-    def start_shard(self, name: str, *, wait: bool = True, timeout: float = 120.0) -> None:
+    def start_shard(
+        self, name: str, *, wait: bool = True, timeout: float = 120.0
+    ) -> None:
         """Start (or restart, on its old port) one shard process."""
         port = self.shard_ports.get(name, 0)
         self._spawn(
@@ -148,9 +150,7 @@ class LocalCluster:
 
     def restart_coordinator(self, timeout: float = 60.0) -> None:
         self.kill("coordinator", signal.SIGTERM)
-        shards = ",".join(
-            f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names
-        )
+        shards = ",".join(f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names)
         self._spawn(
             "coordinator",
             [

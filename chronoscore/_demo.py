@@ -182,4 +182,3 @@ def _submit_all(client: Client, updates: list[Update], progress: Progress) -> No
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
         for done in pool.map(send, batches):
             progress.advance(task, done)
-

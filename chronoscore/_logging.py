@@ -11,9 +11,7 @@ def configure_logging(level: str = "INFO") -> None:
     """Send ``chronoscore.*`` records to stderr at ``level``."""
     handler = logging.StreamHandler()
     handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
-        )
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s")
     )
     root = logging.getLogger("chronoscore")
     root.handlers[:] = [handler]

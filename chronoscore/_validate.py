@@ -38,7 +38,7 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 10
 
 _LEADERBOARD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
-_MODES = {
+_MODES: dict[int, str] = {
     _pb.SCORE_MODE_BEST: "best",
     _pb.SCORE_MODE_SET: "set",
     _pb.SCORE_MODE_INCREMENT: "increment",
@@ -77,8 +77,7 @@ def check_leaderboard(name: str, field: str = "leaderboard") -> str:
         raise InvalidArgument(f"{field} must not be empty")
     if len(name) > MAX_LEADERBOARD_BYTES:
         raise InvalidArgument(
-            f"{field} is {len(name)} characters; the limit is"
-            f" {MAX_LEADERBOARD_BYTES}"
+            f"{field} is {len(name)} characters; the limit is {MAX_LEADERBOARD_BYTES}"
         )
     if not _LEADERBOARD.fullmatch(name):
         raise InvalidArgument(
@@ -106,9 +105,7 @@ def check_limit(limit: int, field: str = "limit") -> int:
     if limit == 0:
         return DEFAULT_LIMIT
     if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidArgument(
-            f"{field} must be between 1 and {MAX_LIMIT}, got {limit}"
-        )
+        raise InvalidArgument(f"{field} must be between 1 and {MAX_LIMIT}, got {limit}")
     return limit
 
 
@@ -120,9 +117,7 @@ def check_update(req: _pb.SubmitScoreRequest, field: str = "") -> Update:
         raise InvalidArgument(f"{field}score is required (0 is a valid score)")
     if req.mode not in _MODES:
         if req.mode == _pb.SCORE_MODE_UNSPECIFIED:
-            raise InvalidArgument(
-                f"{field}mode is required: BEST, SET or INCREMENT"
-            )
+            raise InvalidArgument(f"{field}mode is required: BEST, SET or INCREMENT")
         raise InvalidArgument(f"{field}mode {req.mode} is not a known mode")
     return Update(board, user, req.score, req.mode)
 

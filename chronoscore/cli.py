@@ -163,7 +163,9 @@ def _submit(args: argparse.Namespace) -> None:
         _print_json({"score": score, "changed": changed})
     else:
         note = "" if changed else " (unchanged)"
-        console.print(f"{args.user_id} on {args.leaderboard}: {score}{note}", markup=False)
+        console.print(
+            f"{args.user_id} on {args.leaderboard}: {score}{note}", markup=False
+        )
 
 
 def _top(args: argparse.Namespace) -> None:

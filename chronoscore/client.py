@@ -160,9 +160,7 @@ class Client:
 def _request(update: Update) -> _pb.SubmitScoreRequest:
     mode = MODES.get(update.mode)
     if mode is None:
-        raise InvalidArgument(
-            f"mode {update.mode!r} is not one of {', '.join(MODES)}"
-        )
+        raise InvalidArgument(f"mode {update.mode!r} is not one of {', '.join(MODES)}")
     if not SCORE_MIN <= update.score <= SCORE_MAX:
         raise OutOfRange(f"score {update.score} does not fit in a signed 64-bit int")
     return _pb.SubmitScoreRequest(

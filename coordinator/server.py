@@ -47,9 +47,7 @@ async def serve(
     """Serve the public API until SIGINT or SIGTERM."""
     clients = ShardClients(shards)
     server = aio.server()
-    _grpc.add_LeaderboardServiceServicer_to_server(
-        LeaderboardServicer(clients), server
-    )
+    _grpc.add_LeaderboardServiceServicer_to_server(LeaderboardServicer(clients), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     logger.info("coordinator routing to shards %s", ", ".join(sorted(shards)))
     await serve_until_stopped(

@@ -21,7 +21,7 @@ from .shards import ShardClients
 __all__ = ["LeaderboardServicer"]
 
 
-class LeaderboardServicer(_grpc.LeaderboardServiceServicer):  # type: ignore[misc]
+class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
     def __init__(self, shards: ShardClients) -> None:
         self.shards = shards
 
@@ -39,7 +39,8 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):  # type: ignore[mis
         (result,) = reply.results
         if result.HasField("failure"):
             raise _failure_error(result.failure)
-        return result.applied
+        applied: _pb.SubmitScoreResponse = result.applied
+        return applied
 
     @rpc
     async def SubmitScores(
@@ -69,11 +70,12 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):  # type: ignore[mis
 
         owners = list(positions)
         replies = await asyncio.gather(*(apply(o, positions[o]) for o in owners))
-        results: list[_pb.SubmitResult | None] = [None] * len(updates)
+        results: dict[int, _pb.SubmitResult] = {}
         for owner, reply in zip(owners, replies, strict=True):
-            for i, result in zip(positions[owner], reply, strict=True):
-                results[i] = result
-        return _pb.SubmitScoresResponse(results=results)
+            results.update(zip(positions[owner], reply, strict=True))
+        return _pb.SubmitScoresResponse(
+            results=[results[i] for i in range(len(updates))]
+        )
 
     @rpc
     async def GetTop(

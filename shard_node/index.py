@@ -12,7 +12,6 @@ at start, and changes it only after PostgreSQL has committed them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
@@ -100,8 +99,7 @@ class LeaderboardIndex:
         # Entries that share score and time rank by user id; renumber
         # the tie field of the whole run so key order stays rank order.
         members = sorted(
-            [(self._user(k), _keys.key_handle(k)) for k in run]
-            + [(user_id, handle)]
+            [(self._user(k), _keys.key_handle(k)) for k in run] + [(user_id, handle)]
         )
         if len(members) > _keys.TIE_LIMIT:
             raise OverflowError(

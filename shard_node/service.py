@@ -17,7 +17,7 @@ from .shard import Applied, Outcome, Shard
 __all__ = ["ShardServicer"]
 
 
-class ShardServicer(_shard_grpc.ShardServiceServicer):  # type: ignore[misc]
+class ShardServicer(_shard_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
 
@@ -100,4 +100,3 @@ def _result(outcome: Outcome) -> _pb.SubmitResult:
     return _pb.SubmitResult(
         failure=_pb.Failure(code=outcome.code.value[0], message=str(outcome))
     )
-

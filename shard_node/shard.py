@@ -191,7 +191,7 @@ class Shard:
                     job.future.set_result([error] * job.size)
             return
 
-        for (board, user), entry in pending.items():
+        for (board, _), entry in pending.items():
             self.indexes.setdefault(board, LeaderboardIndex()).upsert(*entry)
         for profile in profiles.values():
             self.profiles[profile.user_id] = profile.display_name

@@ -75,12 +75,8 @@ def test_invalid_update_is_rejected(
     _expect(stub.SubmitScore, request_, grpc.StatusCode.INVALID_ARGUMENT, *words)
 
     # In a batch, one bad update rejects the batch and applies nothing.
-    batch = pb.SubmitScoresRequest(
-        updates=[_update(user_id="good", score=3), request_]
-    )
-    _expect(
-        stub.SubmitScores, batch, grpc.StatusCode.INVALID_ARGUMENT, "updates[1]."
-    )
+    batch = pb.SubmitScoresRequest(updates=[_update(user_id="good", score=3), request_])
+    _expect(stub.SubmitScores, batch, grpc.StatusCode.INVALID_ARGUMENT, "updates[1].")
     assert _rows(cluster.dsn) == before
 
 
@@ -89,7 +85,9 @@ def test_zero_is_a_real_score(stub: pb_grpc.LeaderboardServiceStub) -> None:
     assert (reply.score, reply.changed) == (0, True)
 
 
-def test_batch_limits(stub: pb_grpc.LeaderboardServiceStub, cluster: LocalCluster) -> None:
+def test_batch_limits(
+    stub: pb_grpc.LeaderboardServiceStub, cluster: LocalCluster
+) -> None:
     before = _rows(cluster.dsn)
     too_many = pb.SubmitScoresRequest(
         updates=[_update(user_id=f"u{i}") for i in range(10_001)]
@@ -111,7 +109,9 @@ def test_increment_overflow_is_out_of_range(
 ) -> None:
     top = 2**63 - 1
     stub.SubmitScore(_update(user_id="rich", score=top - 1, mode=INCREMENT), timeout=10)
-    stub.SubmitScore(_update(user_id="poor", score=-(2**63), mode=INCREMENT), timeout=10)
+    stub.SubmitScore(
+        _update(user_id="poor", score=-(2**63), mode=INCREMENT), timeout=10
+    )
     before = _rows(cluster.dsn)
 
     up = _update(user_id="rich", score=2, mode=INCREMENT)
@@ -147,7 +147,9 @@ def test_top_limit_out_of_bounds(
     _expect(stub.GetTop, request, grpc.StatusCode.INVALID_ARGUMENT, "limit", str(limit))
 
 
-def test_top_of_empty_leaderboard_is_empty(stub: pb_grpc.LeaderboardServiceStub) -> None:
+def test_top_of_empty_leaderboard_is_empty(
+    stub: pb_grpc.LeaderboardServiceStub,
+) -> None:
     reply = stub.GetTop(pb.GetTopRequest(leaderboard="nobody-here"), timeout=10)
     assert list(reply.entries) == [] and reply.total == 0
 

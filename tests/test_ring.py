@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Iterable
 
 import pytest
+from uhashring import HashRing
 
 from chronoscore._ring import SLOT_COUNT, Ring, check_shard_name, slot_of
 from chronoscore.errors import InvalidArgument
@@ -22,15 +23,24 @@ from chronoscore.errors import InvalidArgument
 SHARDS = ["shard-a", "shard-b", "shard-c"]
 USERS = [f"user-{i}" for i in range(300)] + ["é", "日本", "\U0001f600", "a b"]
 
+# These two names put a point on the same ring position. uhashring gives
+# the slots behind a shared point to the name it was handed last, which
+# for these two is 59 slots, so only the Ring's own sorting of the names
+# keeps their owners fixed.
+COLLIDING = ["shard-829", "shard-836"]
+
 # Ring(set(...)) hands the names over in an order that follows the hash
 # seed, so this also covers name order across processes.
 _OWNERS_PROGRAM = """
 import json, sys
-from chronoscore._ring import Ring
+from chronoscore._ring import SLOT_COUNT, Ring
 shards, users = json.load(sys.stdin)
 ring = Ring(set(shards))
-owners = [ring.owner(user) for user in users]
-print(json.dumps({"hash": hash(shards[0]), "owners": owners}))
+print(json.dumps({
+    "hash": hash(shards[0]),
+    "owners": [ring.owner(user) for user in users],
+    "slots": [ring.owner_of_slot(slot) for slot in range(SLOT_COUNT)],
+}))
 """
 
 
@@ -41,7 +51,7 @@ def owners(ring: Ring) -> list[str]:
 def owners_in_subprocess(hash_seed: str) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-c", _OWNERS_PROGRAM],
-        input=json.dumps([SHARDS, USERS]),
+        input=json.dumps([[*SHARDS, *COLLIDING], USERS]),
         env={**os.environ, "PYTHONHASHSEED": hash_seed},
         capture_output=True,
         text=True,
@@ -79,17 +89,31 @@ def test_owner_is_independent_of_name_order() -> None:
     assert owners(Ring([*names, *reversed(names)])) == expected
 
 
+def test_colliding_names_own_the_same_slots_in_any_order() -> None:
+    points = [
+        {point for point, _ in HashRing([name], hash_fn="ketama").get_points()}
+        for name in COLLIDING
+    ]
+    assert points[0] & points[1], "the names no longer collide"
+
+    expected = owners(Ring(COLLIDING))
+    assert owners(Ring(reversed(COLLIDING))) == expected
+    assert owners(Ring({*COLLIDING, *SHARDS})) == owners(
+        Ring([*SHARDS, *reversed(COLLIDING)])
+    )
+
+
 def test_owner_is_the_same_under_other_hash_seeds() -> None:
     one = owners_in_subprocess("1")
     other = owners_in_subprocess("12345")
-    ring = Ring(SHARDS)
+    ring = Ring([*SHARDS, *COLLIDING])
     here = [ring.owner(user) for user in USERS]
 
     # Different str hashes prove the seeds really took effect.
     assert one["hash"] != other["hash"]
-    assert one["owners"] == here
-    assert other["owners"] == here
-    assert set(here) == set(SHARDS)
+    assert one["owners"] == other["owners"] == here
+    assert one["slots"] == other["slots"] == owners(ring)
+    assert set(here) == set(ring.shards)
 
 
 @pytest.mark.parametrize("new", ["shard-d", "0-first", "zz-last"])
