@@ -81,15 +81,23 @@ class LeaderboardIndex:
         return IndexEntry(user_id, _keys.key_score(key), _keys.key_reached(key))
 
     def upsert(self, user_id: str, score: int, reached_us: int) -> None:
-        """Insert or move the user's entry. O(log n + t)."""
+        """Insert or move the user's entry. O(log n + t).
+
+        Raises OverflowError, changing nothing, if TIE_LIMIT entries
+        already share this score and time.
+        """
         old = self._by_user.get(user_id)
+        run = [key for key in self._run(score, reached_us) if key != old]
+        if len(run) >= _keys.TIE_LIMIT:
+            raise OverflowError(
+                f"more than {_keys.TIE_LIMIT} entries share one score and time"
+            )
+
         if old is None:
             handle = self._new_handle(user_id)
         else:
             self._keys.remove(old)
             handle = _keys.key_handle(old)
-
-        run = self._run(score, reached_us)
         if not run:
             key = _keys.make_key(score, reached_us, 0, handle)
             self._keys.add(key)
@@ -101,10 +109,6 @@ class LeaderboardIndex:
         members = sorted(
             [(self._user(k), _keys.key_handle(k)) for k in run] + [(user_id, handle)]
         )
-        if len(members) > _keys.TIE_LIMIT:
-            raise OverflowError(
-                f"more than {_keys.TIE_LIMIT} entries share one score and time"
-            )
         for key in run:
             self._keys.remove(key)
         for tie, (user, user_handle) in enumerate(members):
