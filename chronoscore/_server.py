@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from .errors import ChronoscoreError
+from .errors import ChronoscoreError, FailedPrecondition
 
-__all__ = ["rpc", "serve_until_stopped"]
+__all__ = ["rpc", "listen", "serve_until_stopped"]
 
 logger = logging.getLogger("chronoscore.server")
 
@@ -44,6 +44,14 @@ def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
     return wrapper
 
 
+def listen(server: aio.Server, host: str, port: int) -> int:
+    """Bind an insecure port; return the port bound (useful with 0)."""
+    try:
+        return int(server.add_insecure_port(f"{host}:{port}"))
+    except RuntimeError as exc:
+        raise FailedPrecondition(f"cannot listen on {host}:{port}: {exc}") from None
+
+
 async def serve_until_stopped(
     server: aio.Server,
     *,
@@ -51,12 +59,15 @@ async def serve_until_stopped(
     port: int,
     port_file: Path | None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    fatal: asyncio.Future[None] | None = None,
     grace: float = 10.0,
 ) -> None:
     """Start ``server``, announce its port, and run until SIGINT/SIGTERM.
 
     On a signal the server stops taking calls, lets calls in flight
-    finish for up to ``grace`` seconds, then runs ``on_stop``.
+    finish for up to ``grace`` seconds, then runs ``on_stop``. If
+    ``fatal`` completes first, the server stops the same way and the
+    process exits with status 1.
     """
     await server.start()
     if port_file is not None:
@@ -71,10 +82,16 @@ async def serve_until_stopped(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+    if fatal is not None:
+        waiters.add(asyncio.ensure_future(asyncio.shield(fatal)))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
 
     logger.info("%s draining", name)
     await server.stop(grace)
+    if fatal is not None and fatal.done():
+        logger.error("%s stopped after a fatal error: %r", name, fatal.exception())
+        raise SystemExit(1)
     if on_stop is not None:
         await on_stop()
     logger.info("%s stopped", name)

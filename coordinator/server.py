@@ -10,7 +10,7 @@ from pathlib import Path
 from grpc import aio
 
 from chronoscore._logging import configure_logging
-from chronoscore._server import serve_until_stopped
+from chronoscore._server import listen, serve_until_stopped
 from chronoscore.errors import ChronoscoreError, InvalidArgument
 from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
 
@@ -48,7 +48,7 @@ async def serve(
     clients = ShardClients(shards)
     server = aio.server()
     _grpc.add_LeaderboardServiceServicer_to_server(LeaderboardServicer(clients), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = listen(server, host, port)
     logger.info("coordinator routing to shards %s", ", ".join(sorted(shards)))
     await serve_until_stopped(
         server,

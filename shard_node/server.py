@@ -12,13 +12,13 @@ from grpc import aio
 
 from chronoscore._logging import configure_logging
 from chronoscore._ring import Ring
-from chronoscore._server import serve_until_stopped
+from chronoscore._server import listen, serve_until_stopped
 from chronoscore.errors import ChronoscoreError
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
 from .service import ShardServicer
 from .shard import Shard
-from .store import Store
+from .store import Store, is_unavailable
 
 __all__ = ["main", "serve"]
 
@@ -40,13 +40,14 @@ async def serve(
 
     server = aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     _shard_grpc.add_ShardServiceServicer_to_server(ShardServicer(shard), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = listen(server, host, port)
     await serve_until_stopped(
         server,
         name=f"shard {name}",
         port=bound,
         port_file=port_file,
         on_stop=shard.stop,
+        fatal=shard.failed,
     )
 
 
@@ -91,4 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ChronoscoreError as exc:
         logger.error("shard %s cannot start: %s", args.name, exc)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        logger.error("shard %s cannot reach PostgreSQL: %s", args.name, exc)
         raise SystemExit(2) from None

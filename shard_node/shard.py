@@ -160,7 +160,24 @@ class Shard:
                     break
                 jobs.append(job)
                 size += job.size
-            await self._commit(jobs)
+            try:
+                await self._commit(jobs)
+            except Exception:
+                # A failure here is a bug, and it may have left memory
+                # behind PostgreSQL. Stop taking writes; the server exits
+                # and a restart rebuilds the indexes from PostgreSQL.
+                logger.critical("shard %s commit loop failed", self.name, exc_info=True)
+                error = ChronoscoreError(f"shard {self.name} failed; it will restart")
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_result([error] * job.size)
+                raise
+
+    @property
+    def failed(self) -> asyncio.Future[None]:
+        """Completes if the commit loop dies; the shard must then exit."""
+        assert self._loop_task is not None, "start() first"
+        return self._loop_task
 
     async def _commit(self, jobs: list[_Job]) -> None:
         # Results are computed against the indexes plus the changes made
