@@ -1,7 +1,18 @@
 """ChronoScore: real-time sharded leaderboards with exact global ranks."""
 
-from .client import Client, Entry, RankedEntry, Result, Update
+from .client import (
+    Client,
+    Entry,
+    Friends,
+    Leaderboard,
+    Page,
+    Period,
+    RankedEntry,
+    Result,
+    Update,
+)
 from .errors import (
+    AlreadyExists,
     ChronoscoreError,
     FailedPrecondition,
     InvalidArgument,
@@ -13,9 +24,14 @@ from .errors import (
 __all__ = [
     "Client",
     "Entry",
+    "Friends",
+    "Leaderboard",
+    "Page",
+    "Period",
     "RankedEntry",
     "Result",
     "Update",
+    "AlreadyExists",
     "ChronoscoreError",
     "FailedPrecondition",
     "InvalidArgument",

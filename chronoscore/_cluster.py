@@ -113,11 +113,7 @@ class LocalCluster:
         for name in self.names:
             self.shard_ports[name] = self._wait_ready(name, timeout)
 
-        shards = ",".join(f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names)
-        self._spawn(
-            "coordinator",
-            ["coordinator", "--shards", shards, "--port", str(self.port)],
-        )
+        self._spawn("coordinator", self._coordinator_args(self.port))
         self.coordinator_port = self._wait_ready("coordinator", timeout)
 
     def start_shard(
@@ -150,17 +146,7 @@ class LocalCluster:
 
     def restart_coordinator(self, timeout: float = 60.0) -> None:
         self.kill("coordinator", signal.SIGTERM)
-        shards = ",".join(f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names)
-        self._spawn(
-            "coordinator",
-            [
-                "coordinator",
-                "--shards",
-                shards,
-                "--port",
-                str(self.coordinator_port),
-            ],
-        )
+        self._spawn("coordinator", self._coordinator_args(self.coordinator_port))
         self._wait_ready("coordinator", timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -210,6 +196,18 @@ class LocalCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _coordinator_args(self, port: int) -> list[str]:
+        shards = ",".join(f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names)
+        return [
+            "coordinator",
+            "--shards",
+            shards,
+            "--dsn",
+            self.dsn,
+            "--port",
+            str(port),
+        ]
 
     def _port_file(self, name: str) -> Path:
         return self.workdir / f"{name}.port"

@@ -26,7 +26,7 @@ from rich.progress import Progress
 
 from ._cluster import LocalCluster, embedded_postgres
 from .client import Client, Entry, Update
-from .errors import FailedPrecondition, from_status
+from .errors import FailedPrecondition, NotFound, from_status
 
 __all__ = ["BattingRow", "read_batting", "replay_baseball", "DemoResult"]
 
@@ -124,6 +124,9 @@ def replay_baseball(
         client = stack.enter_context(Client(target, timeout=timeout))
         if not force:
             _check_fresh(client)
+        boards = [*BOARDS, *sorted({f"hr-{r.year}" for r in rows})]
+        for board in boards:
+            client.create_leaderboard(board, operator="increment")
 
         progress = stack.enter_context(Progress(disable=quiet, transient=True))
         started = time.perf_counter()
@@ -131,13 +134,17 @@ def replay_baseball(
         _submit_all(client, updates, progress)
         replay_seconds = time.perf_counter() - started
 
-        top = {board: client.top(board, 5) for board in SHOWN}
+        top = {board: client.top(board, 5).entries for board in SHOWN}
     return DemoResult(len(updates), replay_seconds, top)
 
 
 def _check_fresh(client: Client) -> None:
     for board in BOARDS:
-        if client.top(board, 1):
+        try:
+            fresh = not client.top(board, 1).entries
+        except NotFound:
+            fresh = True
+        if not fresh:
             raise FailedPrecondition(
                 f"leaderboard {board!r} already has entries at {client.target};"
                 " replaying would add to them (use --force to do it anyway)"

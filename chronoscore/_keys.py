@@ -2,16 +2,18 @@
 
 Entries rank by:
 
-1. higher score first;
+1. the better score first: higher on a descending leaderboard, lower on
+   an ascending one;
 2. on equal scores, the earlier ``reached_us`` (when the user reached
    that score, in microseconds since the Unix epoch);
 3. then the smaller user id, compared as UTF-8 bytes (PostgreSQL's
    ``COLLATE "C"``, which for UTF-8 equals code point order).
 
-Shard indexes hold each entry as one Python int whose natural order is
-that rank order, so the sorted index compares plain ints::
+Both orders map a score to a *rank score* in [0, 2**64) that is smaller
+for better scores. Shard indexes hold each entry as one Python int whose
+natural order is rank order, so the sorted index compares plain ints::
 
-    bits:  [ 64: SCORE_MAX - score ][ 64: reached_us ][ 16: tie ][ 32: handle ]
+    bits:  [ 64: rank score ][ 64: reached_us ][ 16: tie ][ 32: handle ]
 
 ``tie`` orders the rare entries of one shard that share both score and
 ``reached_us`` by user id, and ``handle`` names the user inside its
@@ -27,6 +29,7 @@ __all__ = [
     "REACHED_MAX",
     "TIE_LIMIT",
     "HANDLE_LIMIT",
+    "rank_score",
     "prefix",
     "make_key",
     "key_prefix",
@@ -34,7 +37,9 @@ __all__ = [
     "key_score",
     "key_reached",
     "prefix_floor",
+    "score_floor",
     "sort_key",
+    "is_better",
 ]
 
 SCORE_MIN = -(1 << 63)
@@ -52,15 +57,31 @@ _HANDLE_MASK = HANDLE_LIMIT - 1
 _REACHED_MASK = (1 << _REACHED_BITS) - 1
 
 
-def prefix(score: int, reached_us: int) -> int:
+def rank_score(score: int, ascending: bool) -> int:
+    """Map a score into [0, 2**64), smaller meaning better. O(1)."""
+    return score - SCORE_MIN if ascending else SCORE_MAX - score
+
+
+def _unrank(value: int, ascending: bool) -> int:
+    return value + SCORE_MIN if ascending else SCORE_MAX - value
+
+
+def is_better(a: int, b: int, ascending: bool) -> bool:
+    """Whether score ``a`` ranks strictly ahead of score ``b``."""
+    return a < b if ascending else a > b
+
+
+def prefix(score: int, reached_us: int, ascending: bool) -> int:
     """The order-preserving int for (score, reached_us). O(1)."""
-    return ((SCORE_MAX - score) << _REACHED_BITS) | reached_us
+    return (rank_score(score, ascending) << _REACHED_BITS) | reached_us
 
 
-def make_key(score: int, reached_us: int, tie: int, handle: int) -> int:
+def make_key(
+    score: int, reached_us: int, tie: int, handle: int, ascending: bool
+) -> int:
     """An index key; ``tie`` and ``handle`` must be below their limits."""
     low = (tie << _HANDLE_BITS) | handle
-    return (prefix(score, reached_us) << _LOW_BITS) | low
+    return (prefix(score, reached_us, ascending) << _LOW_BITS) | low
 
 
 def key_prefix(key: int) -> int:
@@ -72,19 +93,26 @@ def key_handle(key: int) -> int:
     return key & _HANDLE_MASK
 
 
-def key_score(key: int) -> int:
-    return SCORE_MAX - (key >> (_LOW_BITS + _REACHED_BITS))
+def key_score(key: int, ascending: bool) -> int:
+    return _unrank(key >> (_LOW_BITS + _REACHED_BITS), ascending)
 
 
 def key_reached(key: int) -> int:
     return (key >> _LOW_BITS) & _REACHED_MASK
 
 
-def prefix_floor(score: int, reached_us: int) -> int:
+def prefix_floor(score: int, reached_us: int, ascending: bool) -> int:
     """The smallest key with this (score, reached_us)."""
-    return prefix(score, reached_us) << _LOW_BITS
+    return prefix(score, reached_us, ascending) << _LOW_BITS
 
 
-def sort_key(score: int, reached_us: int, user_id: str) -> tuple[int, int, str]:
+def score_floor(score: int, ascending: bool) -> int:
+    """The smallest key with this score: every key below has a better one."""
+    return prefix_floor(score, 0, ascending)
+
+
+def sort_key(
+    score: int, reached_us: int, user_id: str, ascending: bool
+) -> tuple[int, int, str]:
     """A tuple that sorts entries from any shards in rank order."""
-    return (SCORE_MAX - score, reached_us, user_id)
+    return (rank_score(score, ascending), reached_us, user_id)

@@ -27,6 +27,13 @@ __all__ = [
     "check_limit",
     "check_update",
     "check_batch",
+    "check_mode",
+    "check_metadata",
+    "check_request_id",
+    "check_window",
+    "check_offset",
+    "check_user_ids",
+    "check_interval_ms",
     "mode_name",
 ]
 
@@ -36,12 +43,20 @@ MAX_DISPLAY_NAME_BYTES = 256
 MAX_BATCH = 10_000
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 10
+MAX_METADATA_BYTES = 1024
+MAX_REQUEST_ID_BYTES = 128
+MAX_WINDOW = 100
+MAX_USERS = 1000
+MIN_INTERVAL_MS = 100
+MAX_INTERVAL_MS = 60_000
+DEFAULT_INTERVAL_MS = 1000
 
 _LEADERBOARD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _MODES: dict[int, str] = {
     _pb.SCORE_MODE_BEST: "best",
     _pb.SCORE_MODE_SET: "set",
     _pb.SCORE_MODE_INCREMENT: "increment",
+    _pb.SCORE_MODE_DECREMENT: "decrement",
 }
 
 
@@ -52,7 +67,10 @@ class Update:
     leaderboard: str
     user_id: str
     score: int
+    # SCORE_MODE_UNSPECIFIED means the leaderboard's default operator.
     mode: int
+    metadata: bytes | None
+    request_id: str
 
 
 def _has_control(text: str) -> bool:
@@ -115,11 +133,40 @@ def check_update(req: _pb.SubmitScoreRequest, field: str = "") -> Update:
     user = check_user_id(req.user_id, f"{field}user_id")
     if not req.HasField("score"):
         raise InvalidArgument(f"{field}score is required (0 is a valid score)")
-    if req.mode not in _MODES:
-        if req.mode == _pb.SCORE_MODE_UNSPECIFIED:
-            raise InvalidArgument(f"{field}mode is required: BEST, SET or INCREMENT")
-        raise InvalidArgument(f"{field}mode {req.mode} is not a known mode")
-    return Update(board, user, req.score, req.mode)
+    check_mode(req.mode, f"{field}mode", allow_default=True)
+    metadata = None
+    if req.HasField("metadata"):
+        metadata = check_metadata(req.metadata, f"{field}metadata")
+    request_id = check_request_id(req.request_id, f"{field}request_id")
+    return Update(board, user, req.score, req.mode, metadata, request_id)
+
+
+def check_mode(mode: int, field: str = "mode", *, allow_default: bool) -> int:
+    if mode in _MODES or (allow_default and mode == _pb.SCORE_MODE_UNSPECIFIED):
+        return mode
+    if mode == _pb.SCORE_MODE_UNSPECIFIED:
+        raise InvalidArgument(f"{field} is required: BEST, SET, INCREMENT or DECREMENT")
+    raise InvalidArgument(f"{field} {mode} is not a known mode")
+
+
+def check_metadata(metadata: bytes, field: str = "metadata") -> bytes:
+    if len(metadata) > MAX_METADATA_BYTES:
+        raise InvalidArgument(
+            f"{field} is {len(metadata)} bytes; the limit is {MAX_METADATA_BYTES}"
+        )
+    return metadata
+
+
+def check_request_id(request_id: str, field: str = "request_id") -> str:
+    """An optional id: empty, or 1..128 bytes without control characters."""
+    size = len(request_id.encode())
+    if size > MAX_REQUEST_ID_BYTES:
+        raise InvalidArgument(
+            f"{field} is {size} bytes; the limit is {MAX_REQUEST_ID_BYTES}"
+        )
+    if _has_control(request_id):
+        raise InvalidArgument(f"{field} must not contain control characters")
+    return request_id
 
 
 def check_batch(updates: list[_pb.SubmitScoreRequest]) -> list[Update]:
@@ -131,6 +178,44 @@ def check_batch(updates: list[_pb.SubmitScoreRequest]) -> list[Update]:
             f"a batch holds at most {MAX_BATCH} updates, got {len(updates)}"
         )
     return [check_update(u, f"updates[{i}].") for i, u in enumerate(updates)]
+
+
+def check_window(count: int, field: str) -> int:
+    if not 0 <= count <= MAX_WINDOW:
+        raise InvalidArgument(
+            f"{field} must be between 0 and {MAX_WINDOW}, got {count}"
+        )
+    return count
+
+
+def check_offset(offset: int, field: str = "offset") -> int:
+    if offset < 0:
+        raise InvalidArgument(f"{field} must not be negative, got {offset}")
+    return offset
+
+
+def check_user_ids(user_ids: list[str], field: str = "user_ids") -> list[str]:
+    """1..MAX_USERS valid ids; repeats are dropped, first one kept."""
+    if not user_ids:
+        raise InvalidArgument(f"{field} must not be empty")
+    if len(user_ids) > MAX_USERS:
+        raise InvalidArgument(
+            f"{field} holds at most {MAX_USERS} users, got {len(user_ids)}"
+        )
+    for i, user in enumerate(user_ids):
+        check_user_id(user, f"{field}[{i}]")
+    return list(dict.fromkeys(user_ids))
+
+
+def check_interval_ms(interval: int, field: str = "min_interval_ms") -> int:
+    if interval == 0:
+        return DEFAULT_INTERVAL_MS
+    if not MIN_INTERVAL_MS <= interval <= MAX_INTERVAL_MS:
+        raise InvalidArgument(
+            f"{field} must be between {MIN_INTERVAL_MS} and {MAX_INTERVAL_MS},"
+            f" got {interval}"
+        )
+    return interval
 
 
 def mode_name(mode: int) -> str:

@@ -8,6 +8,7 @@ exit with status 1; bad command lines exit with status 2.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -22,7 +23,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .client import MODES, Client, Entry
+from .client import (
+    MODES,
+    RESETS,
+    SORT_ORDERS,
+    TIE_POLICIES,
+    Client,
+    Entry,
+    Leaderboard,
+    Page,
+)
 from .errors import ChronoscoreError
 
 __all__ = ["main"]
@@ -79,35 +89,84 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(run=_up)
 
-    submit = commands.add_parser(
-        "submit", parents=[client, output], help="submit one score update"
-    )
+    def command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[client, output], help=help)
+        sub.set_defaults(run=run)
+        return sub
+
+    def period(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--period", default="", help="a past period's label (default: current)"
+        )
+
+    create = command("create", "create a leaderboard", _create)
+    create.add_argument("leaderboard")
+    create.add_argument("--order", choices=list(SORT_ORDERS), default="descending")
+    create.add_argument("--operator", choices=list(MODES), default="best")
+    create.add_argument("--ties", choices=list(TIE_POLICIES), default="earliest")
+    create.add_argument("--reset", choices=list(RESETS), default="none")
+    create.add_argument("--keep", type=int, default=0, help="past periods to keep")
+
+    command("boards", "list the leaderboards", _boards)
+    board = command("board", "show one leaderboard's configuration", _board)
+    board.add_argument("leaderboard")
+    delete = command("delete", "delete a leaderboard and its entries", _delete)
+    delete.add_argument("leaderboard")
+
+    submit = command("submit", "submit one score update", _submit)
     submit.add_argument("leaderboard")
     submit.add_argument("user_id")
     submit.add_argument("score", type=_int64)
-    submit.add_argument("--mode", choices=sorted(MODES), default="best")
-    submit.set_defaults(run=_submit)
-
-    top = commands.add_parser(
-        "top", parents=[client, output], help="show the best entries of a leaderboard"
+    submit.add_argument(
+        "--mode", choices=list(MODES), help="default: the leaderboard's operator"
     )
-    top.add_argument("leaderboard")
-    top.add_argument("--limit", type=int, default=10, help="1 to 1000")
-    top.set_defaults(run=_top)
+    submit.add_argument("--metadata", help="text stored with the entry")
+    submit.add_argument("--request-id", default="", help="makes retries safe")
 
-    rank = commands.add_parser(
-        "rank", parents=[client, output], help="show one user's global rank"
+    remove = command("remove", "remove a user from a leaderboard", _remove)
+    remove.add_argument("leaderboard")
+    remove.add_argument("user_id")
+    remove_user = command(
+        "remove-user", "remove a user from every leaderboard", _remove_user
     )
-    rank.add_argument("leaderboard")
-    rank.add_argument("user_id")
-    rank.set_defaults(run=_rank)
+    remove_user.add_argument("user_id")
 
-    user = commands.add_parser(
-        "user", parents=[client, output], help="create or rename a user profile"
-    )
+    user = command("user", "create or rename a user profile", _user)
     user.add_argument("user_id")
     user.add_argument("display_name")
-    user.set_defaults(run=_user)
+
+    top = command("top", "show the best entries of a leaderboard", _top)
+    top.add_argument("leaderboard")
+    top.add_argument("--limit", type=int, default=10, help="1 to 1000")
+    period(top)
+
+    rank = command("rank", "show one user's global rank", _rank)
+    rank.add_argument("leaderboard")
+    rank.add_argument("user_id")
+    period(rank)
+
+    around = command("around", "show a user and their neighbours", _around)
+    around.add_argument("leaderboard")
+    around.add_argument("user_id")
+    around.add_argument("--above", type=int, default=5, help="0 to 100")
+    around.add_argument("--below", type=int, default=5, help="0 to 100")
+    period(around)
+
+    page = command("page", "show entries from any offset", _page)
+    page.add_argument("leaderboard")
+    page.add_argument("offset", type=int, help="0-based position of the first")
+    page.add_argument("--limit", type=int, default=10, help="1 to 1000")
+    period(page)
+
+    friends = command("friends", "rank a list of users (friends)", _friends)
+    friends.add_argument("leaderboard")
+    friends.add_argument("user_ids", nargs="+")
+    period(friends)
+
+    watch = command("watch", "print the top each time it changes", _watch)
+    watch.add_argument("leaderboard")
+    watch.add_argument("--limit", type=int, default=10)
+    watch.add_argument("--interval-ms", type=int, default=1000, help="100 to 60000")
 
     demo = commands.add_parser("demo", help="replay a real data set")
     demos = demo.add_subparsers(required=True, metavar="DATASET")
@@ -154,51 +213,200 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.target, timeout=args.timeout)
 
 
+def _create(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        board = client.create_leaderboard(
+            args.leaderboard,
+            sort_order=args.order,
+            operator=args.operator,
+            tie_policy=args.ties,
+            reset=args.reset,
+            keep_periods=args.keep,
+        )
+    _show_board(args, board)
+
+
+def _board(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        _show_board(args, client.get_leaderboard(args.leaderboard))
+
+
+def _show_board(args: argparse.Namespace, board: Leaderboard) -> None:
+    if args.json:
+        _print_json(asdict(board))
+        return
+    period = board.current_period.label or "all time"
+    console.print(
+        f"{board.name}: {board.sort_order}, operator {board.operator},"
+        f" ties {board.tie_policy}, reset {board.reset}"
+        f" (keeps {board.keep_periods} past), current period {period}",
+        markup=False,
+    )
+
+
+def _boards(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        boards = client.list_leaderboards()
+    if args.json:
+        _print_json({"leaderboards": [asdict(b) for b in boards]})
+        return
+    table = Table(title="leaderboards", title_justify="left")
+    for column in ("name", "order", "operator", "ties", "reset", "keep"):
+        table.add_column(column)
+    for b in boards:
+        table.add_row(
+            Text(b.name),
+            b.sort_order,
+            b.operator,
+            b.tie_policy,
+            b.reset,
+            str(b.keep_periods),
+        )
+    console.print(table)
+
+
+def _delete(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        client.delete_leaderboard(args.leaderboard)
+    _say(args, {"deleted": args.leaderboard}, f"deleted {args.leaderboard}")
+
+
 def _submit(args: argparse.Namespace) -> None:
+    metadata = None if args.metadata is None else args.metadata.encode()
     with _client(args) as client:
-        score, changed = client.submit_score(
-            args.leaderboard, args.user_id, args.score, args.mode
+        result = client.submit_score(
+            args.leaderboard,
+            args.user_id,
+            args.score,
+            args.mode,
+            metadata=metadata,
+            request_id=args.request_id,
         )
-    if args.json:
-        _print_json({"score": score, "changed": changed})
-    else:
-        note = "" if changed else " (unchanged)"
-        console.print(
-            f"{args.user_id} on {args.leaderboard}: {score}{note}", markup=False
-        )
+    note = "" if result.changed else " (unchanged)"
+    if result.replayed:
+        note += " (an earlier request with this id)"
+    _say(
+        args,
+        {
+            "score": result.score,
+            "changed": result.changed,
+            "replayed": result.replayed,
+            "period": asdict(result.period) if result.period else None,
+        },
+        f"{args.user_id} on {args.leaderboard}: {result.score}{note}",
+    )
 
 
-def _top(args: argparse.Namespace) -> None:
+def _remove(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        entries = client.top(args.leaderboard, args.limit)
-    if args.json:
-        _print_json({"entries": [asdict(e) for e in entries]})
-    else:
-        print_entries(args.leaderboard, entries)
+        removed = client.remove_entry(args.leaderboard, args.user_id)
+    _say(args, {"removed": removed}, f"removed {removed} entries")
 
 
-def _rank(args: argparse.Namespace) -> None:
+def _remove_user(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        found = client.rank(args.leaderboard, args.user_id)
-    if args.json:
-        _print_json({**asdict(found.entry), "total": found.total})
-    else:
-        e = found.entry
-        name = f" ({e.display_name})" if e.display_name else ""
-        console.print(
-            f"{e.user_id}{name} is #{e.rank} of {found.total} on"
-            f" {args.leaderboard} with {e.score}",
-            markup=False,
-        )
+        removed = client.remove_user(args.user_id)
+    _say(args, {"removed": removed}, f"removed {removed} entries and the profile")
 
 
 def _user(args: argparse.Namespace) -> None:
     with _client(args) as client:
         client.upsert_user(args.user_id, args.display_name)
+    _say(
+        args,
+        {"user_id": args.user_id, "display_name": args.display_name},
+        f"{args.user_id} is now {args.display_name!r}",
+    )
+
+
+def _top(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        page = client.top(args.leaderboard, args.limit, args.period)
+    _show_page(args, args.leaderboard, page)
+
+
+def _around(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        page = client.around(
+            args.leaderboard, args.user_id, args.above, args.below, args.period
+        )
+    _show_page(args, args.leaderboard, page)
+
+
+def _page(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        page = client.page(args.leaderboard, args.offset, args.limit, args.period)
+    _show_page(args, args.leaderboard, page)
+
+
+def _friends(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        found = client.entries(args.leaderboard, args.user_ids, args.period)
     if args.json:
-        _print_json({"user_id": args.user_id, "display_name": args.display_name})
+        _print_json(
+            {
+                "entries": [_entry_json(e) for e in found.entries],
+                "list_ranks": found.list_ranks,
+                "missing": found.missing,
+                "total": found.total,
+                "period": asdict(found.period),
+            }
+        )
+        return
+    print_entries(args.leaderboard, found.entries)
+    if found.missing:
+        console.print(f"no entry: {', '.join(found.missing)}", markup=False)
+
+
+def _watch(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        for page in client.watch_top(args.leaderboard, args.limit, args.interval_ms):
+            _show_page(args, args.leaderboard, page)
+
+
+def _show_page(args: argparse.Namespace, leaderboard: str, page: Page) -> None:
+    if args.json:
+        _print_json(
+            {
+                "entries": [_entry_json(e) for e in page.entries],
+                "total": page.total,
+                "period": asdict(page.period),
+            }
+        )
+        return
+    title = leaderboard + (f" ({page.period.label})" if page.period.label else "")
+    print_entries(title, page.entries, page.total)
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    doc = asdict(entry)
+    doc["metadata"] = base64.b64encode(entry.metadata).decode()
+    return doc
+
+
+def _rank(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        found = client.rank(args.leaderboard, args.user_id, args.period)
+    e = found.entry
+    name = f" ({e.display_name})" if e.display_name else ""
+    _say(
+        args,
+        {
+            **_entry_json(e),
+            "total": found.total,
+            "shared_rank": found.shared_rank,
+            "period": asdict(found.period),
+        },
+        f"{e.user_id}{name} is #{e.rank} of {found.total} on"
+        f" {args.leaderboard} with {e.score}",
+    )
+
+
+def _say(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    if args.json:
+        _print_json(doc)
     else:
-        console.print(f"{args.user_id} is now {args.display_name!r}", markup=False)
+        console.print(text, markup=False)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -270,14 +478,19 @@ def _demo_baseball(args: argparse.Namespace) -> None:
     )
 
 
-def print_entries(leaderboard: str, entries: list[Entry]) -> None:
-    table = Table(title=leaderboard, title_justify="left")
+def print_entries(title: str, entries: list[Entry], total: int | None = None) -> None:
+    caption = None if total is None else f"{total} entries"
+    table = Table(title=title, title_justify="left", caption=caption)
     table.add_column("rank", justify="right")
     table.add_column("user")
     table.add_column("name")
     table.add_column("score", justify="right")
+    table.add_column("metadata")
     for e in entries:
-        table.add_row(str(e.rank), Text(e.user_id), Text(e.display_name), str(e.score))
+        meta = e.metadata.decode(errors="replace")
+        table.add_row(
+            str(e.rank), Text(e.user_id), Text(e.display_name), str(e.score), Text(meta)
+        )
     console.print(table)
 
 

@@ -5,17 +5,20 @@ Example::
     from chronoscore import Client
 
     with Client("127.0.0.1:50051") as client:
+        client.create_leaderboard("weekly", reset="weekly", keep_periods=4)
         client.upsert_user("u1", "Ada")
-        client.submit_score("weekly", "u1", 120, mode="best")
-        print(client.top("weekly", limit=10))
+        client.submit_score("weekly", "u1", 120)
+        print(client.top("weekly", limit=10).entries)
 
-Every call has a deadline (``timeout`` seconds, 10 by default) and
-raises :mod:`chronoscore.errors` classes, never ``grpc.RpcError``.
+Every unary call has a deadline (``timeout`` seconds, 10 by default)
+and raises :mod:`chronoscore.errors` classes, never ``grpc.RpcError``.
+Enum-like arguments are lower-case strings: see ``MODES``,
+``SORT_ORDERS``, ``TIE_POLICIES`` and ``RESETS``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,15 +36,64 @@ from .errors import (
 from .v1 import leaderboard_pb2 as _pb
 from .v1 import leaderboard_pb2_grpc as _grpc
 
-__all__ = ["Client", "Entry", "RankedEntry", "Update", "Result", "MODES"]
+__all__ = [
+    "Client",
+    "Entry",
+    "Friends",
+    "Leaderboard",
+    "Page",
+    "Period",
+    "RankedEntry",
+    "Result",
+    "Update",
+    "MODES",
+    "SORT_ORDERS",
+    "TIE_POLICIES",
+    "RESETS",
+]
 
 MODES = {
     "best": _pb.SCORE_MODE_BEST,
     "set": _pb.SCORE_MODE_SET,
     "increment": _pb.SCORE_MODE_INCREMENT,
+    "decrement": _pb.SCORE_MODE_DECREMENT,
+}
+SORT_ORDERS = {
+    "descending": _pb.SORT_ORDER_DESCENDING,
+    "ascending": _pb.SORT_ORDER_ASCENDING,
+}
+TIE_POLICIES = {
+    "earliest": _pb.TIE_POLICY_EARLIEST_FIRST,
+    "shared": _pb.TIE_POLICY_SHARED,
+}
+RESETS = {
+    "none": _pb.RESET_SCHEDULE_NONE,
+    "daily": _pb.RESET_SCHEDULE_DAILY,
+    "weekly": _pb.RESET_SCHEDULE_WEEKLY,
+    "monthly": _pb.RESET_SCHEDULE_MONTHLY,
 }
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """[start_us, end_us) in microseconds since the epoch, UTC."""
+
+    label: str
+    start_us: int
+    end_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leaderboard:
+    name: str
+    sort_order: str
+    operator: str
+    tie_policy: str
+    reset: str
+    keep_periods: int
+    current_period: Period
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,31 +102,60 @@ class Entry:
     user_id: str
     display_name: str
     score: int
+    metadata: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Entries in rank order, the leaderboard's total, and the period."""
+
+    entries: list[Entry]
+    total: int
+    period: Period
 
 
 @dataclass(frozen=True, slots=True)
 class RankedEntry:
-    """One user's entry with the size of the whole leaderboard."""
+    """One user's entry with the shared rank and the leaderboard's size."""
 
     entry: Entry
     total: int
+    shared_rank: int
+    period: Period
+
+
+@dataclass(frozen=True, slots=True)
+class Friends:
+    """Given users' entries, best first, with their places in the list."""
+
+    entries: list[Entry]
+    list_ranks: list[int]
+    missing: list[str]
+    total: int
+    period: Period
 
 
 @dataclass(frozen=True, slots=True)
 class Update:
+    """One score update. ``mode`` None means the leaderboard's default."""
+
     leaderboard: str
     user_id: str
     score: int
-    mode: str = "best"
+    mode: str | None = None
+    metadata: bytes | None = None
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """The outcome of one update in a batch: a score, or an error."""
+    """The outcome of one update: a score, or an error."""
 
     score: int | None
     changed: bool
     error: ChronoscoreError | None
+    period: Period | None = None
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -104,15 +185,58 @@ class Client:
     ) -> None:
         self.close()
 
-    def submit_score(
-        self, leaderboard: str, user_id: str, score: int, mode: str = "best"
-    ) -> tuple[int, bool]:
-        """Apply one update; return (resulting score, whether it changed)."""
-        reply = self._call(
-            self._stub.SubmitScore,
-            _request(Update(leaderboard, user_id, score, mode)),
+    # Leaderboards
+
+    def create_leaderboard(
+        self,
+        name: str,
+        *,
+        sort_order: str = "descending",
+        operator: str = "best",
+        tie_policy: str = "earliest",
+        reset: str = "none",
+        keep_periods: int = 0,
+    ) -> Leaderboard:
+        """Create a leaderboard; succeed quietly if it exists identically."""
+        config = _pb.Leaderboard(
+            name=name,
+            sort_order=_choose(SORT_ORDERS, sort_order, "sort_order"),
+            operator=_choose(MODES, operator, "operator"),
+            tie_policy=_choose(TIE_POLICIES, tie_policy, "tie_policy"),
+            reset=_choose(RESETS, reset, "reset"),
+            keep_periods=keep_periods,
         )
-        return reply.score, reply.changed
+        request = _pb.CreateLeaderboardRequest(leaderboard=config)
+        return _leaderboard(self._call(self._stub.CreateLeaderboard, request))
+
+    def get_leaderboard(self, name: str) -> Leaderboard:
+        request = _pb.GetLeaderboardRequest(name=name)
+        return _leaderboard(self._call(self._stub.GetLeaderboard, request))
+
+    def list_leaderboards(self) -> list[Leaderboard]:
+        reply = self._call(self._stub.ListLeaderboards, _pb.ListLeaderboardsRequest())
+        return [_leaderboard(b) for b in reply.leaderboards]
+
+    def delete_leaderboard(self, name: str) -> None:
+        request = _pb.DeleteLeaderboardRequest(name=name)
+        self._call(self._stub.DeleteLeaderboard, request)
+
+    # Writes
+
+    def submit_score(
+        self,
+        leaderboard: str,
+        user_id: str,
+        score: int,
+        mode: str | None = None,
+        *,
+        metadata: bytes | None = None,
+        request_id: str = "",
+    ) -> Result:
+        """Apply one update; raises if it fails."""
+        update = Update(leaderboard, user_id, score, mode, metadata, request_id)
+        reply = self._call(self._stub.SubmitScore, _request(update))
+        return _applied(reply)
 
     def submit_scores(self, updates: Iterable[Update]) -> list[Result]:
         """Apply a batch; one Result per update, in order.
@@ -124,18 +248,15 @@ class Client:
         reply = self._call(self._stub.SubmitScores, request)
         return [_result(r) for r in reply.results]
 
-    def top(self, leaderboard: str, limit: int = 10) -> list[Entry]:
-        reply = self._call(
-            self._stub.GetTop, _pb.GetTopRequest(leaderboard=leaderboard, limit=limit)
-        )
-        return [_entry(e) for e in reply.entries]
+    def remove_entry(self, leaderboard: str, user_id: str) -> int:
+        """Remove the user from a leaderboard, every period; return count."""
+        request = _pb.RemoveEntryRequest(leaderboard=leaderboard, user_id=user_id)
+        return int(self._call(self._stub.RemoveEntry, request).removed)
 
-    def rank(self, leaderboard: str, user_id: str) -> RankedEntry:
-        reply = self._call(
-            self._stub.GetRank,
-            _pb.GetRankRequest(leaderboard=leaderboard, user_id=user_id),
-        )
-        return RankedEntry(_entry(reply.entry), reply.total)
+    def remove_user(self, user_id: str) -> int:
+        """Remove the user's entries everywhere, and their profile."""
+        request = _pb.RemoveUserRequest(user_id=user_id)
+        return int(self._call(self._stub.RemoveUser, request).removed)
 
     def upsert_user(self, user_id: str, display_name: str) -> None:
         self._call(
@@ -150,6 +271,84 @@ class Client:
             timeout=self.timeout,
         )
 
+    # Reads
+
+    def top(self, leaderboard: str, limit: int = 10, period: str = "") -> Page:
+        request = _pb.GetTopRequest(leaderboard=leaderboard, limit=limit, period=period)
+        return _page(self._call(self._stub.GetTop, request))
+
+    def rank(self, leaderboard: str, user_id: str, period: str = "") -> RankedEntry:
+        request = _pb.GetRankRequest(
+            leaderboard=leaderboard, user_id=user_id, period=period
+        )
+        reply = self._call(self._stub.GetRank, request)
+        return RankedEntry(
+            _entry(reply.entry),
+            reply.total,
+            reply.shared_rank,
+            _period(reply.period),
+        )
+
+    def around(
+        self,
+        leaderboard: str,
+        user_id: str,
+        above: int = 5,
+        below: int = 5,
+        period: str = "",
+    ) -> Page:
+        request = _pb.GetAroundRequest(
+            leaderboard=leaderboard,
+            user_id=user_id,
+            above=above,
+            below=below,
+            period=period,
+        )
+        return _page(self._call(self._stub.GetAround, request))
+
+    def page(
+        self, leaderboard: str, offset: int, limit: int = 10, period: str = ""
+    ) -> Page:
+        request = _pb.GetPageRequest(
+            leaderboard=leaderboard, offset=offset, limit=limit, period=period
+        )
+        return _page(self._call(self._stub.GetPage, request))
+
+    def entries(
+        self, leaderboard: str, user_ids: Iterable[str], period: str = ""
+    ) -> Friends:
+        request = _pb.GetEntriesRequest(
+            leaderboard=leaderboard, user_ids=list(user_ids), period=period
+        )
+        reply = self._call(self._stub.GetEntries, request)
+        return Friends(
+            [_entry(e) for e in reply.entries],
+            list(reply.list_ranks),
+            list(reply.missing),
+            reply.total,
+            _period(reply.period),
+        )
+
+    def watch_top(
+        self, leaderboard: str, limit: int = 10, min_interval_ms: int = 1000
+    ) -> Iterator[Page]:
+        """Yield the top each time it changes, until the caller stops.
+
+        The stream has no deadline; leaving the loop cancels it.
+        """
+        request = _pb.WatchTopRequest(
+            leaderboard=leaderboard, limit=limit, min_interval_ms=min_interval_ms
+        )
+        stream = self._stub.WatchTop(request)
+        try:
+            for reply in stream:
+                yield _page(reply)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise from_status(exc.code(), exc.details() or "") from None
+        finally:
+            stream.cancel()
+
     def _call(self, method: Callable[..., T], request: Any) -> T:
         try:
             return method(request, timeout=self.timeout)
@@ -157,17 +356,46 @@ class Client:
             raise from_status(exc.code(), exc.details() or "") from None
 
 
+def _choose(options: dict[str, Any], value: str, field: str) -> Any:
+    choice = options.get(value)
+    if choice is None:
+        raise InvalidArgument(f"{field} {value!r} is not one of {', '.join(options)}")
+    return choice
+
+
+def _name(options: dict[str, Any], value: int) -> str:
+    return next((k for k, v in options.items() if v == value), str(value))
+
+
 def _request(update: Update) -> _pb.SubmitScoreRequest:
-    mode = MODES.get(update.mode)
-    if mode is None:
-        raise InvalidArgument(f"mode {update.mode!r} is not one of {', '.join(MODES)}")
+    mode = _pb.SCORE_MODE_UNSPECIFIED
+    if update.mode is not None:
+        mode = _choose(MODES, update.mode, "mode")
     if not SCORE_MIN <= update.score <= SCORE_MAX:
         raise OutOfRange(f"score {update.score} does not fit in a signed 64-bit int")
-    return _pb.SubmitScoreRequest(
+    request = _pb.SubmitScoreRequest(
         leaderboard=update.leaderboard,
         user_id=update.user_id,
         score=update.score,
         mode=mode,
+        request_id=update.request_id,
+    )
+    if update.metadata is not None:
+        request.metadata = update.metadata
+    return request
+
+
+def _period(period: _pb.Period) -> Period:
+    return Period(period.label, period.start_us, period.end_us)
+
+
+def _applied(applied: _pb.SubmitScoreResponse) -> Result:
+    return Result(
+        applied.score,
+        applied.changed,
+        None,
+        _period(applied.period),
+        applied.replayed,
     )
 
 
@@ -175,8 +403,26 @@ def _result(result: _pb.SubmitResult) -> Result:
     if result.HasField("failure"):
         error = from_code_number(result.failure.code, result.failure.message)
         return Result(None, False, error)
-    return Result(result.applied.score, result.applied.changed, None)
+    return _applied(result.applied)
 
 
 def _entry(entry: _pb.Entry) -> Entry:
-    return Entry(entry.rank, entry.user_id, entry.display_name, entry.score)
+    return Entry(
+        entry.rank, entry.user_id, entry.display_name, entry.score, entry.metadata
+    )
+
+
+def _page(reply: _pb.EntriesResponse) -> Page:
+    return Page([_entry(e) for e in reply.entries], reply.total, _period(reply.period))
+
+
+def _leaderboard(board: _pb.Leaderboard) -> Leaderboard:
+    return Leaderboard(
+        board.name,
+        _name(SORT_ORDERS, board.sort_order),
+        _name(MODES, board.operator),
+        _name(TIE_POLICIES, board.tie_policy),
+        _name(RESETS, board.reset),
+        board.keep_periods,
+        _period(board.current_period),
+    )

@@ -5,6 +5,7 @@ Hierarchy::
     ChronoscoreError
      ├── InvalidArgument      the request itself is malformed
      ├── NotFound             the user or entry does not exist
+     ├── AlreadyExists        a leaderboard exists with another configuration
      ├── OutOfRange           a score would leave the int64 range
      ├── FailedPrecondition   the cluster is not in a state to serve it
      └── Unavailable          a shard or PostgreSQL cannot be reached
@@ -22,6 +23,7 @@ __all__ = [
     "ChronoscoreError",
     "InvalidArgument",
     "NotFound",
+    "AlreadyExists",
     "OutOfRange",
     "FailedPrecondition",
     "Unavailable",
@@ -48,6 +50,12 @@ class NotFound(ChronoscoreError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(ChronoscoreError):
+    """A leaderboard of that name exists with another configuration."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class OutOfRange(ChronoscoreError):
     """The result would not fit in a signed 64-bit score."""
 
@@ -71,6 +79,7 @@ _BY_CODE = {
     for cls in (
         InvalidArgument,
         NotFound,
+        AlreadyExists,
         OutOfRange,
         FailedPrecondition,
         Unavailable,

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from grpc import aio
 
+from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
 from chronoscore._server import listen, serve_until_stopped
 from chronoscore.errors import ChronoscoreError, InvalidArgument
+from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
 
+from .catalog import Catalog
 from .service import LeaderboardServicer
 from .shards import ShardClients
 
@@ -39,6 +43,7 @@ def parse_shards(spec: str) -> dict[str, str]:
 
 async def serve(
     shards: dict[str, str],
+    dsn: str,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -46,8 +51,18 @@ async def serve(
 ) -> None:
     """Serve the public API until SIGINT or SIGTERM."""
     clients = ShardClients(shards)
+    catalog = Catalog(dsn)
+    await catalog.open()
+    servicer = LeaderboardServicer(clients, catalog)
+    retention = asyncio.create_task(_prune_forever(servicer))
+
+    async def stop() -> None:
+        retention.cancel()
+        await clients.close()
+        await catalog.close()
+
     server = aio.server()
-    _grpc.add_LeaderboardServiceServicer_to_server(LeaderboardServicer(clients), server)
+    _grpc.add_LeaderboardServiceServicer_to_server(servicer, server)
     bound = listen(server, host, port)
     logger.info("coordinator routing to shards %s", ", ".join(sorted(shards)))
     await serve_until_stopped(
@@ -55,8 +70,24 @@ async def serve(
         name="coordinator",
         port=bound,
         port_file=port_file,
-        on_stop=clients.close,
+        on_stop=stop,
     )
+
+
+async def _prune_forever(servicer: LeaderboardServicer, every: float = 30.0) -> None:
+    """Drop aged-out periods from the shards, now and every ``every`` s."""
+    while True:
+        try:
+            boards = await servicer.catalog.list()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            logger.warning("cannot read the catalog to prune periods: %s", exc)
+            boards = []
+        for board in boards:
+            if board.keep_periods or board.reset != _pb.RESET_SCHEDULE_NONE:
+                await servicer.prune(board)
+        await asyncio.sleep(every)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,6 +100,11 @@ def main(argv: list[str] | None = None) -> None:
         required=True,
         help="comma-separated name=host:port for every shard",
     )
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("CHRONOSCORE_DSN"),
+        help="PostgreSQL holding the leaderboard catalog (default: $CHRONOSCORE_DSN)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     parser.add_argument(
@@ -76,13 +112,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if not args.dsn:
+        parser.error("--dsn or $CHRONOSCORE_DSN is required")
 
     configure_logging(args.log_level)
     try:
         shards = parse_shards(args.shards)
         asyncio.run(
-            serve(shards, host=args.host, port=args.port, port_file=args.port_file)
+            serve(
+                shards,
+                args.dsn,
+                host=args.host,
+                port=args.port,
+                port_file=args.port_file,
+            )
         )
     except ChronoscoreError as exc:
         logger.error("coordinator cannot start: %s", exc)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        logger.error("coordinator cannot reach PostgreSQL: %s", exc)
         raise SystemExit(2) from None

@@ -3,42 +3,107 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import cast
 
 from grpc import aio
 
+from chronoscore import _periods
 from chronoscore import _validate as check
 from chronoscore._server import rpc
-from chronoscore.errors import ChronoscoreError, from_code_number
+from chronoscore.errors import (
+    ChronoscoreError,
+    NotFound,
+    Unavailable,
+    from_code_number,
+)
 from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
 from chronoscore.v1 import shard_pb2 as _shard_pb
 
-from .merge import merge_top
+from .catalog import Board, Catalog, board_from_proto, period_proto
+from .queries import Ranked, Reader, to_entries
 from .shards import ShardClients
 
 __all__ = ["LeaderboardServicer"]
 
+logger = logging.getLogger("chronoscore.coordinator")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
 
 class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
-    def __init__(self, shards: ShardClients) -> None:
+    def __init__(self, shards: ShardClients, catalog: Catalog) -> None:
         self.shards = shards
+        self.catalog = catalog
+
+    # Leaderboards
+
+    @rpc
+    async def CreateLeaderboard(
+        self, request: _pb.CreateLeaderboardRequest, context: aio.ServicerContext
+    ) -> _pb.Leaderboard:
+        board = await self.catalog.create(board_from_proto(request.leaderboard))
+        return board.to_proto(now_us())
+
+    @rpc
+    async def GetLeaderboard(
+        self, request: _pb.GetLeaderboardRequest, context: aio.ServicerContext
+    ) -> _pb.Leaderboard:
+        board = await self.catalog.get(check.check_leaderboard(request.name, "name"))
+        return board.to_proto(now_us())
+
+    @rpc
+    async def ListLeaderboards(
+        self, request: _pb.ListLeaderboardsRequest, context: aio.ServicerContext
+    ) -> _pb.ListLeaderboardsResponse:
+        now = now_us()
+        boards = await self.catalog.list()
+        return _pb.ListLeaderboardsResponse(
+            leaderboards=[b.to_proto(now) for b in boards]
+        )
+
+    @rpc
+    async def DeleteLeaderboard(
+        self, request: _pb.DeleteLeaderboardRequest, context: aio.ServicerContext
+    ) -> _pb.DeleteLeaderboardResponse:
+        name = check.check_leaderboard(request.name, "name")
+        board = await self.catalog.delete(name)
+        await self.prune(board, drop=True)
+        return _pb.DeleteLeaderboardResponse()
+
+    async def prune(self, board: Board, *, drop: bool = False) -> None:
+        """Drop a board's aged-out periods (or all of it) on every shard.
+
+        Best effort: PostgreSQL no longer holds them for queries, and
+        a shard that misses this drops them on the next round.
+        """
+        request = _shard_pb.PruneRequest(
+            board_id=board.id,
+            before_us=0 if drop else board.oldest_kept_us(now_us()),
+            drop_board=drop,
+        )
+        try:
+            await self.shards.each(lambda stub: stub.Prune, request)
+        except ChronoscoreError as exc:
+            logger.warning("pruning %s was incomplete: %s", board.name, exc)
+
+    # Writes
 
     @rpc
     async def SubmitScore(
         self, request: _pb.SubmitScoreRequest, context: aio.ServicerContext
     ) -> _pb.SubmitScoreResponse:
         update = check.check_update(request)
-        owner = self.shards.ring.owner(update.user_id)
-        reply = await self.shards.call(
-            owner,
-            self.shards.stubs[owner].Apply,
-            _shard_pb.ApplyRequest(updates=[request], arrived_us=_now_us()),
-        )
-        (result,) = reply.results
+        board = await self.catalog.get(update.leaderboard)
+        (result,) = await self._apply([update], {board.name: board})
         if result.HasField("failure"):
-            raise _failure_error(result.failure)
+            raise from_code_number(result.failure.code, result.failure.message)
         applied: _pb.SubmitScoreResponse = result.applied
         return applied
 
@@ -46,99 +111,72 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
     async def SubmitScores(
         self, request: _pb.SubmitScoresRequest, context: aio.ServicerContext
     ) -> _pb.SubmitScoresResponse:
-        updates = list(request.updates)
-        check.check_batch(updates)
-        arrived_us = _now_us()
+        updates = check.check_batch(list(request.updates))
+        boards: dict[str, Board] = {}
+        for name in {u.leaderboard for u in updates}:
+            try:
+                boards[name] = await self.catalog.get(name)
+            except NotFound:
+                pass
+        return _pb.SubmitScoresResponse(results=await self._apply(updates, boards))
 
-        # Split by owner, keeping each user's updates in request order.
-        positions: dict[str, list[int]] = defaultdict(list)
+    async def _apply(
+        self, updates: list[check.Update], boards: dict[str, Board]
+    ) -> list[_pb.SubmitResult]:
+        """Route updates to their owners; one result each, in order."""
+        arrived = now_us()
+        results: dict[int, _pb.SubmitResult] = {}
+        by_owner: dict[str, list[int]] = defaultdict(list)
+        writes: dict[int, _shard_pb.ShardUpdate] = {}
         for i, update in enumerate(updates):
-            positions[self.shards.ring.owner(update.user_id)].append(i)
+            board = boards.get(update.leaderboard)
+            if board is None:
+                error = NotFound(f"leaderboard {update.leaderboard!r} does not exist")
+                results[i] = _failure(error)
+                continue
+            writes[i] = _shard_update(update, board, arrived)
+            by_owner[self.shards.ring.owner(update.user_id)].append(i)
 
-        async def apply(owner: str, where: list[int]) -> list[_pb.SubmitResult]:
-            req = _shard_pb.ApplyRequest(
-                updates=[updates[i] for i in where], arrived_us=arrived_us
+        async def send(owner: str, where: list[int]) -> None:
+            request = _shard_pb.ApplyRequest(
+                updates=[writes[i] for i in where], arrived_us=arrived
             )
             try:
                 reply = await self.shards.call(
-                    owner, self.shards.stubs[owner].Apply, req
+                    owner, self.shards.stubs[owner].Apply, request
                 )
             except ChronoscoreError as exc:
-                failure = _pb.Failure(code=exc.code.value[0], message=str(exc))
-                return [_pb.SubmitResult(failure=failure)] * len(where)
-            return list(reply.results)
+                results.update(dict.fromkeys(where, _failure(exc)))
+                return
+            for i, result in zip(where, reply.results, strict=True):
+                if result.HasField("applied"):
+                    _fill_period(result.applied, boards[updates[i].leaderboard])
+                results[i] = result
 
-        owners = list(positions)
-        replies = await asyncio.gather(*(apply(o, positions[o]) for o in owners))
-        results: dict[int, _pb.SubmitResult] = {}
-        for owner, reply in zip(owners, replies, strict=True):
-            results.update(zip(positions[owner], reply, strict=True))
-        return _pb.SubmitScoresResponse(
-            results=[results[i] for i in range(len(updates))]
-        )
+        await asyncio.gather(*(send(o, w) for o, w in by_owner.items()))
+        return [results[i] for i in range(len(updates))]
 
     @rpc
-    async def GetTop(
-        self, request: _pb.GetTopRequest, context: aio.ServicerContext
-    ) -> _pb.GetTopResponse:
-        board = check.check_leaderboard(request.leaderboard)
-        limit = check.check_limit(request.limit)
-        replies = await self.shards.each(
-            lambda stub: stub.Top,
-            _shard_pb.ShardTopRequest(leaderboard=board, limit=limit),
-        )
-        merged = merge_top((r.entries for r in replies.values()), limit)
-        return _pb.GetTopResponse(
-            entries=[
-                _pb.Entry(
-                    rank=rank,
-                    user_id=e.user_id,
-                    display_name=e.display_name,
-                    score=e.score,
-                )
-                for rank, e in enumerate(merged, start=1)
-            ],
-            total=sum(r.total for r in replies.values()),
-        )
+    async def RemoveEntry(
+        self, request: _pb.RemoveEntryRequest, context: aio.ServicerContext
+    ) -> _pb.RemoveResponse:
+        board = await self.catalog.get(check.check_leaderboard(request.leaderboard))
+        return await self._remove(check.check_user_id(request.user_id), board.id)
 
     @rpc
-    async def GetRank(
-        self, request: _pb.GetRankRequest, context: aio.ServicerContext
-    ) -> _pb.GetRankResponse:
-        board = check.check_leaderboard(request.leaderboard)
-        user = check.check_user_id(request.user_id)
+    async def RemoveUser(
+        self, request: _pb.RemoveUserRequest, context: aio.ServicerContext
+    ) -> _pb.RemoveResponse:
+        return await self._remove(check.check_user_id(request.user_id), 0)
+
+    async def _remove(self, user: str, board_id: int) -> _pb.RemoveResponse:
         owner = self.shards.ring.owner(user)
-        found = await self.shards.call(
+        reply: _pb.RemoveResponse = await self.shards.call(
             owner,
-            self.shards.stubs[owner].Lookup,
-            _shard_pb.LookupRequest(leaderboard=board, user_id=user),
+            self.shards.stubs[owner].Remove,
+            _shard_pb.ShardRemoveRequest(user_id=user, board_id=board_id),
         )
-
-        # Rank is 1 + the entries ahead on every shard. The owner counted
-        # its own; the others count against the owner's entry.
-        entry = found.entry
-        others = [s for s in self.shards.stubs if s != owner]
-        counts = await self.shards.each(
-            lambda stub: stub.CountAhead,
-            _shard_pb.CountAheadRequest(
-                leaderboard=board,
-                score=entry.score,
-                reached_us=entry.reached_us,
-                user_id=user,
-            ),
-            shards=others,
-        )
-        ahead = found.ahead + sum(c.ahead for c in counts.values())
-        total = found.total + sum(c.total for c in counts.values())
-        return _pb.GetRankResponse(
-            entry=_pb.Entry(
-                rank=ahead + 1,
-                user_id=user,
-                display_name=entry.display_name,
-                score=entry.score,
-            ),
-            total=total,
-        )
+        return reply
 
     @rpc
     async def UpsertUser(
@@ -152,10 +190,182 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         )
         return reply
 
+    # Reads
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
+    async def _reader(self, name: str, label: str) -> tuple[Reader, _pb.Period]:
+        board = await self.catalog.get(check.check_leaderboard(name))
+        period = board.resolve_period(label, now_us())
+        ref = _shard_pb.BoardPeriod(
+            board_id=board.id,
+            period_start_us=period.start_us,
+            ascending=board.ascending,
+        )
+        return Reader(self.shards, board, ref), period_proto(period)
+
+    @rpc
+    async def GetTop(
+        self, request: _pb.GetTopRequest, context: aio.ServicerContext
+    ) -> _pb.EntriesResponse:
+        limit = check.check_limit(request.limit)
+        reader, period = await self._reader(request.leaderboard, request.period)
+        ranked, total = await reader.top(limit)
+        return _pb.EntriesResponse(
+            entries=to_entries(reader.board, ranked, 1),
+            total=total,
+            period=period,
+        )
+
+    @rpc
+    async def GetRank(
+        self, request: _pb.GetRankRequest, context: aio.ServicerContext
+    ) -> _pb.GetRankResponse:
+        user = check.check_user_id(request.user_id)
+        reader, period = await self._reader(request.leaderboard, request.period)
+        found, shared, total = await reader.rank(user)
+        (entry,) = to_entries(reader.board, [found], shared)
+        return _pb.GetRankResponse(
+            entry=entry, total=total, shared_rank=shared, period=period
+        )
+
+    @rpc
+    async def GetAround(
+        self, request: _pb.GetAroundRequest, context: aio.ServicerContext
+    ) -> _pb.EntriesResponse:
+        user = check.check_user_id(request.user_id)
+        above = check.check_window(request.above, "above")
+        below = check.check_window(request.below, "below")
+        reader, period = await self._reader(request.leaderboard, request.period)
+        window, total, me = await reader.around(user, above, below)
+        first = await self._first_shared(reader, window, me)
+        return _pb.EntriesResponse(
+            entries=to_entries(reader.board, window, first),
+            total=total,
+            period=period,
+        )
+
+    @rpc
+    async def GetPage(
+        self, request: _pb.GetPageRequest, context: aio.ServicerContext
+    ) -> _pb.EntriesResponse:
+        offset = check.check_offset(request.offset)
+        limit = check.check_limit(request.limit)
+        reader, period = await self._reader(request.leaderboard, request.period)
+        page, total = await reader.page(offset, limit)
+        first = await self._first_shared(reader, page, None)
+        return _pb.EntriesResponse(
+            entries=to_entries(reader.board, page, first),
+            total=total,
+            period=period,
+        )
+
+    async def _first_shared(
+        self, reader: Reader, ranked: list[Ranked], known: Ranked | None
+    ) -> int | None:
+        """The shared rank of the first entry, where the board uses them."""
+        if not reader.board.shared_ranks or not ranked:
+            return None
+        first = ranked[0]
+        if first.position == 0:
+            return 1
+        if known is not None and known.entry.score == first.entry.score:
+            _, shared, _ = await reader.rank(known.entry.user_id)
+            return shared
+        return await reader.shared_rank_of_score(first.entry.score)
+
+    @rpc
+    async def GetEntries(
+        self, request: _pb.GetEntriesRequest, context: aio.ServicerContext
+    ) -> _pb.GetEntriesResponse:
+        users = check.check_user_ids(list(request.user_ids))
+        reader, period = await self._reader(request.leaderboard, request.period)
+        ranked, missing, total = await reader.entries(users)
+        entries = []
+        for item, shared in ranked:
+            entries.extend(to_entries(reader.board, [item], shared))
+        return _pb.GetEntriesResponse(
+            entries=entries,
+            list_ranks=_list_ranks(reader.board, ranked),
+            missing=missing,
+            total=total,
+            period=period,
+        )
+
+    async def WatchTop(
+        self, request: _pb.WatchTopRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[_pb.EntriesResponse]:
+        """Push the current period's top whenever it changes.
+
+        While a shard is down the stream waits and carries on when it
+        is back; a deleted leaderboard ends the stream with NOT_FOUND.
+        """
+        try:
+            name = check.check_leaderboard(request.leaderboard)
+            limit = check.check_limit(request.limit)
+            interval = check.check_interval_ms(request.min_interval_ms) / 1000
+        except ChronoscoreError as exc:
+            await context.abort(exc.code, str(exc))
+            return
+
+        last: _pb.EntriesResponse | None = None
+        while True:
+            started = time.monotonic()
+            try:
+                reader, period = await self._reader(name, "")
+                ranked, total = await reader.top(limit)
+            except Unavailable as exc:
+                logger.debug("watch of %s waiting: %s", name, exc)
+            except ChronoscoreError as exc:
+                await context.abort(exc.code, str(exc))
+                return
+            else:
+                reply = _pb.EntriesResponse(
+                    entries=to_entries(reader.board, ranked, 1),
+                    total=total,
+                    period=period,
+                )
+                if last is None or reply != last:
+                    yield reply
+                    last = reply
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
-def _failure_error(failure: _pb.Failure) -> ChronoscoreError:
-    return from_code_number(failure.code, failure.message)
+def _shard_update(
+    update: check.Update, board: Board, arrived_us: int
+) -> _shard_pb.ShardUpdate:
+    period = board.period_at(arrived_us)
+    write = _shard_pb.ShardUpdate(
+        board=_shard_pb.BoardPeriod(
+            board_id=board.id,
+            period_start_us=period.start_us,
+            ascending=board.ascending,
+        ),
+        user_id=update.user_id,
+        score=update.score,
+        mode=cast(_pb.ScoreMode, update.mode or board.operator),
+        request_id=update.request_id,
+    )
+    if update.metadata is not None:
+        write.metadata = update.metadata
+    return write
+
+
+def _fill_period(applied: _pb.SubmitScoreResponse, board: Board) -> None:
+    """Complete the period a shard reported by its start alone."""
+    period = _periods.period_of(board.schedule, applied.period.start_us)
+    applied.period.CopyFrom(period_proto(period))
+
+
+def _failure(error: ChronoscoreError) -> _pb.SubmitResult:
+    return _pb.SubmitResult(
+        failure=_pb.Failure(code=error.code.value[0], message=str(error))
+    )
+
+
+def _list_ranks(board: Board, ranked: list[tuple[Ranked, int]]) -> list[int]:
+    """Places within a friends' list, sharing places on equal scores if
+    the board shares ranks."""
+    places: list[int] = []
+    for i, (item, _) in enumerate(ranked):
+        same = i > 0 and ranked[i - 1][0].entry.score == item.entry.score
+        places.append(places[-1] if board.shared_ranks and same else i + 1)
+    return places

@@ -77,12 +77,18 @@ class ShardClients:
     ) -> dict[str, T]:
         """Call every shard (or ``shards``) concurrently.
 
+        ``request`` is one request for all, or a dict of one per shard.
+
         Raises the first failure: an answer that needs every shard is
         not given from some of them.
         """
         names = list(self.stubs) if shards is None else shards
+        if isinstance(request, dict):
+            requests = request
+        else:
+            requests = dict.fromkeys(names, request)
         results = await asyncio.gather(
-            *(self.call(n, method(self.stubs[n]), request) for n in names),
+            *(self.call(n, method(self.stubs[n]), requests[n]) for n in names),
             return_exceptions=True,
         )
         for result in results:

@@ -36,23 +36,35 @@ class LeaderboardIndex:
     unless entries were copied in from another shard.
     """
 
-    def __init__(self, entries: Iterable[IndexEntry] = ()) -> None:
+    def __init__(
+        self, entries: Iterable[IndexEntry] = (), *, ascending: bool = False
+    ) -> None:
+        self.ascending = ascending
         self._keys = SortedList()
         self._by_user: dict[str, int] = {}
         self._users: list[str | None] = []
         self._free: list[int] = []
+        # Only entries that carry metadata have a slot here.
+        self._metadata: dict[str, bytes] = {}
         for entry in entries:
             self.upsert(*entry)
 
     @classmethod
-    def from_sorted(cls, entries: Iterable[IndexEntry]) -> LeaderboardIndex:
+    def from_sorted(
+        cls,
+        entries: Iterable[IndexEntry],
+        *,
+        ascending: bool = False,
+        metadata: dict[str, bytes] | None = None,
+    ) -> LeaderboardIndex:
         """Build from entries already in rank order. O(n)."""
-        index = cls()
+        index = cls(ascending=ascending)
+        index._metadata = metadata or {}
         keys = []
         last_prefix = -1
         tie = 0
         for user_id, score, reached_us in entries:
-            current = _keys.prefix(score, reached_us)
+            current = _keys.prefix(score, reached_us, ascending)
             tie = tie + 1 if current == last_prefix else 0
             last_prefix = current
             if tie >= _keys.TIE_LIMIT:
@@ -60,7 +72,7 @@ class LeaderboardIndex:
                     f"more than {_keys.TIE_LIMIT} entries share one score and time"
                 )
             handle = index._new_handle(user_id)
-            key = _keys.make_key(score, reached_us, tie, handle)
+            key = _keys.make_key(score, reached_us, tie, handle, ascending)
             index._by_user[user_id] = key
             keys.append(key)
         index._keys.update(keys)
@@ -78,11 +90,22 @@ class LeaderboardIndex:
         key = self._by_user.get(user_id)
         if key is None:
             return None
-        return IndexEntry(user_id, _keys.key_score(key), _keys.key_reached(key))
+        return self._entry(key)
 
-    def upsert(self, user_id: str, score: int, reached_us: int) -> None:
+    def metadata(self, user_id: str) -> bytes:
+        """The entry's metadata; empty if it has none. O(1)."""
+        return self._metadata.get(user_id, b"")
+
+    def upsert(
+        self,
+        user_id: str,
+        score: int,
+        reached_us: int,
+        metadata: bytes | None = None,
+    ) -> None:
         """Insert or move the user's entry. O(log n + t).
 
+        ``metadata`` replaces the stored metadata unless it is None.
         Raises OverflowError, changing nothing, if TIE_LIMIT entries
         already share this score and time.
         """
@@ -98,8 +121,12 @@ class LeaderboardIndex:
         else:
             self._keys.remove(old)
             handle = _keys.key_handle(old)
+        if metadata:
+            self._metadata[user_id] = metadata
+        elif metadata is not None:
+            self._metadata.pop(user_id, None)
         if not run:
-            key = _keys.make_key(score, reached_us, 0, handle)
+            key = _keys.make_key(score, reached_us, 0, handle, self.ascending)
             self._keys.add(key)
             self._by_user[user_id] = key
             return
@@ -112,7 +139,7 @@ class LeaderboardIndex:
         for key in run:
             self._keys.remove(key)
         for tie, (user, user_handle) in enumerate(members):
-            key = _keys.make_key(score, reached_us, tie, user_handle)
+            key = _keys.make_key(score, reached_us, tie, user_handle, self.ascending)
             self._keys.add(key)
             self._by_user[user] = key
 
@@ -122,6 +149,7 @@ class LeaderboardIndex:
         if key is None:
             return False
         self._keys.remove(key)
+        self._metadata.pop(user_id, None)
         handle = _keys.key_handle(key)
         self._users[handle] = None
         self._free.append(handle)
@@ -140,7 +168,7 @@ class LeaderboardIndex:
         The position need not be in this index: the coordinator asks
         every shard about one user's entry to sum a global rank.
         """
-        floor = _keys.prefix_floor(score, reached_us)
+        floor = _keys.prefix_floor(score, reached_us, self.ascending)
         ahead = int(self._keys.bisect_left(floor))
         target = _keys.key_prefix(floor)
         for key in self._keys.islice(ahead):
@@ -149,9 +177,21 @@ class LeaderboardIndex:
             ahead += 1
         return ahead
 
+    def count_better(self, score: int) -> int:
+        """Entries with a strictly better score. O(log n)."""
+        return int(self._keys.bisect_left(_keys.score_floor(score, self.ascending)))
+
     def top(self, limit: int) -> list[IndexEntry]:
         """The first ``limit`` entries in rank order. O(log n + limit)."""
-        return [self._entry(k) for k in self._keys.islice(0, limit)]
+        return self.range(0, limit)
+
+    def range(self, start: int, limit: int) -> list[IndexEntry]:
+        """Entries at positions [start, start + limit). O(log n + limit)."""
+        return [self._entry(k) for k in self._keys.islice(start, start + limit)]
+
+    def at(self, position: int) -> IndexEntry:
+        """The entry at a position (0 is the best). O(log n)."""
+        return self._entry(self._keys[position])
 
     def __iter__(self) -> Iterator[IndexEntry]:
         """Every entry in rank order."""
@@ -159,7 +199,7 @@ class LeaderboardIndex:
 
     def _run(self, score: int, reached_us: int) -> list[int]:
         """Keys that share score and time. O(log n + t)."""
-        floor = _keys.prefix_floor(score, reached_us)
+        floor = _keys.prefix_floor(score, reached_us, self.ascending)
         start = self._keys.bisect_left(floor)
         target = _keys.key_prefix(floor)
         run = []
@@ -186,7 +226,8 @@ class LeaderboardIndex:
         return user
 
     def _entry(self, key: int) -> IndexEntry:
-        return IndexEntry(self._user(key), _keys.key_score(key), _keys.key_reached(key))
+        score = _keys.key_score(key, self.ascending)
+        return IndexEntry(self._user(key), score, _keys.key_reached(key))
 
     def _check(self) -> None:
         """Assert every invariant of the index. O(n log n)."""
@@ -201,10 +242,12 @@ class LeaderboardIndex:
         for user, key in self._by_user.items():
             assert self._users[_keys.key_handle(key)] == user
 
+        assert set(self._metadata) <= set(self._by_user)
+        assert all(self._metadata.values())
+
         # Key order must be rank order, including user id within a run.
-        order = [_rank_order(self._entry(key)) for key in self._keys]
+        order = [
+            _keys.sort_key(e.score, e.reached_us, e.user_id, self.ascending)
+            for e in map(self._entry, self._keys)
+        ]
         assert all(a < b for a, b in zip(order, order[1:], strict=False))
-
-
-def _rank_order(entry: IndexEntry) -> tuple[int, int, str]:
-    return _keys.sort_key(entry.score, entry.reached_us, entry.user_id)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from grpc import aio
 
+from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
 from chronoscore._ring import Ring
 from chronoscore._server import listen, serve_until_stopped
@@ -18,7 +19,7 @@ from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
 from .service import ShardServicer
 from .shard import Shard
-from .store import Store, is_unavailable
+from .store import Store
 
 __all__ = ["main", "serve"]
 

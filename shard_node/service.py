@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from grpc import aio
 
 from chronoscore import _validate as check
 from chronoscore._server import rpc
-from chronoscore.errors import ChronoscoreError
+from chronoscore.errors import ChronoscoreError, InvalidArgument
 from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import shard_pb2 as _shard_pb
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
-from .index import IndexEntry
-from .shard import Applied, Outcome, Shard
+from .index import IndexEntry, LeaderboardIndex
+from .shard import Applied, Outcome, Shard, Write
+from .store import BoardKey
 
 __all__ = ["ShardServicer"]
+
+# Sample answers at most this many positions per call.
+_MAX_SAMPLE = 1024
 
 
 class ShardServicer(_shard_grpc.ShardServiceServicer):
@@ -25,8 +31,12 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
     async def Apply(
         self, request: _shard_pb.ApplyRequest, context: aio.ServicerContext
     ) -> _shard_pb.ApplyResponse:
-        updates = check.check_batch(list(request.updates))
-        outcomes = await self.shard.apply(updates, request.arrived_us)
+        if not request.updates:
+            raise InvalidArgument("updates must not be empty")
+        if len(request.updates) > check.MAX_BATCH:
+            raise InvalidArgument(f"a batch holds at most {check.MAX_BATCH} updates")
+        writes = [_write(u, i) for i, u in enumerate(request.updates)]
+        outcomes = await self.shard.apply(writes, request.arrived_us)
         return _shard_pb.ApplyResponse(results=[_result(o) for o in outcomes])
 
     @rpc
@@ -39,36 +49,76 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         return _pb.UpsertUserResponse(user_id=user, display_name=name)
 
     @rpc
-    async def Top(
-        self, request: _shard_pb.ShardTopRequest, context: aio.ServicerContext
-    ) -> _shard_pb.ShardTopResponse:
-        index = self.shard.index(check.check_leaderboard(request.leaderboard))
-        entries = index.top(check.check_limit(request.limit))
-        return _shard_pb.ShardTopResponse(
-            entries=[self._entry(e) for e in entries], total=len(index)
-        )
+    async def Remove(
+        self, request: _shard_pb.ShardRemoveRequest, context: aio.ServicerContext
+    ) -> _pb.RemoveResponse:
+        user = check.check_user_id(request.user_id)
+        if request.board_id < 0:
+            raise InvalidArgument(f"board_id {request.board_id} is negative")
+        removed = await self.shard.remove(user, request.board_id)
+        return _pb.RemoveResponse(removed=removed)
+
+    @rpc
+    async def Range(
+        self, request: _shard_pb.RangeRequest, context: aio.ServicerContext
+    ) -> _shard_pb.EntriesReply:
+        index = self._index(request.board)
+        start = check.check_offset(request.start, "start")
+        limit = check.check_limit(request.limit)
+        entries = index.range(start, limit)
+        return self._reply(index, entries, range(start, start + len(entries)))
+
+    @rpc
+    async def Sample(
+        self, request: _shard_pb.SampleRequest, context: aio.ServicerContext
+    ) -> _shard_pb.EntriesReply:
+        index = self._index(request.board)
+        lo = check.check_offset(request.lo, "lo")
+        hi = len(index) if request.hi < 0 else min(request.hi, len(index))
+        count = min(max(request.count, 0), _MAX_SAMPLE)
+        positions = _spread(lo, hi, count)
+        entries = [index.at(p) for p in positions]
+        return self._reply(index, entries, positions)
+
+    @rpc
+    async def Count(
+        self, request: _shard_pb.CountRequest, context: aio.ServicerContext
+    ) -> _shard_pb.CountReply:
+        index = self._index(request.board)
+        if len(request.positions) > _MAX_SAMPLE * 64:
+            raise InvalidArgument("too many positions in one Count")
+        counts = [
+            _shard_pb.Counts(
+                ahead=index.count_ahead(p.score, p.reached_us, p.user_id),
+                better=index.count_better(p.score),
+            )
+            for p in request.positions
+        ]
+        return _shard_pb.CountReply(counts=counts, total=len(index))
 
     @rpc
     async def Lookup(
         self, request: _shard_pb.LookupRequest, context: aio.ServicerContext
-    ) -> _shard_pb.LookupResponse:
-        board = check.check_leaderboard(request.leaderboard)
-        user = check.check_user_id(request.user_id)
-        entry, ahead = self.shard.lookup(board, user)
-        return _shard_pb.LookupResponse(
-            entry=self._entry(entry),
-            ahead=ahead,
-            total=len(self.shard.index(board)),
-        )
+    ) -> _shard_pb.EntriesReply:
+        index = self._index(request.board)
+        entries, positions = [], []
+        for user in check.check_user_ids(list(request.user_ids)):
+            entry = index.get(user)
+            if entry is not None:
+                entries.append(entry)
+                positions.append(index.rank_of(user) or 0)
+        return self._reply(index, entries, positions)
 
     @rpc
-    async def CountAhead(
-        self, request: _shard_pb.CountAheadRequest, context: aio.ServicerContext
-    ) -> _shard_pb.CountAheadResponse:
-        index = self.shard.index(check.check_leaderboard(request.leaderboard))
-        user = check.check_user_id(request.user_id)
-        ahead = index.count_ahead(request.score, request.reached_us, user)
-        return _shard_pb.CountAheadResponse(ahead=ahead, total=len(index))
+    async def Prune(
+        self, request: _shard_pb.PruneRequest, context: aio.ServicerContext
+    ) -> _shard_pb.PruneReply:
+        if request.board_id <= 0:
+            raise InvalidArgument(f"board_id must be positive, got {request.board_id}")
+        removed = await self.shard.prune(
+            request.board_id, request.before_us, request.drop_board
+        )
+        return _shard_pb.PruneReply(removed=removed)
 
     @rpc
     async def Describe(
@@ -77,23 +127,77 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         return _shard_pb.DescribeResponse(
             name=self.shard.name,
             ring=list(self.shard.ring.shards),
-            slots=len(self.shard.ring.slots_of(self.shard.name)),
+            slots=len(self.shard.slots),
         )
 
-    def _entry(self, entry: IndexEntry) -> _shard_pb.ShardEntry:
-        return _shard_pb.ShardEntry(
-            user_id=entry.user_id,
-            display_name=self.shard.profiles.get(entry.user_id, ""),
-            score=entry.score,
-            reached_us=entry.reached_us,
+    def _index(self, board: _shard_pb.BoardPeriod) -> LeaderboardIndex:
+        return self.shard.index(_board_key(board), board.ascending)
+
+    def _reply(
+        self,
+        index: LeaderboardIndex,
+        entries: list[IndexEntry],
+        positions: Iterable[int],
+    ) -> _shard_pb.EntriesReply:
+        profiles = self.shard.profiles
+        return _shard_pb.EntriesReply(
+            entries=[
+                _shard_pb.ShardEntry(
+                    user_id=e.user_id,
+                    display_name=profiles.get(e.user_id, ""),
+                    score=e.score,
+                    reached_us=e.reached_us,
+                    metadata=index.metadata(e.user_id),
+                    position=position,
+                )
+                for e, position in zip(entries, positions, strict=True)
+            ],
+            total=len(index),
         )
+
+
+def _board_key(board: _shard_pb.BoardPeriod) -> BoardKey:
+    if board.board_id <= 0:
+        raise InvalidArgument(f"board_id must be positive, got {board.board_id}")
+    return (board.board_id, board.period_start_us)
+
+
+def _write(update: _shard_pb.ShardUpdate, i: int) -> Write:
+    field = f"updates[{i}]."
+    user = check.check_user_id(update.user_id, f"{field}user_id")
+    mode = check.check_mode(update.mode, f"{field}mode", allow_default=False)
+    metadata = None
+    if update.HasField("metadata"):
+        metadata = check.check_metadata(update.metadata, f"{field}metadata")
+    return Write(
+        board=_board_key(update.board),
+        ascending=update.board.ascending,
+        user_id=user,
+        score=update.score,
+        mode=mode,
+        metadata=metadata,
+        request_id=check.check_request_id(update.request_id, f"{field}request_id"),
+    )
+
+
+def _spread(lo: int, hi: int, count: int) -> list[int]:
+    """Up to ``count`` distinct positions evenly spread over [lo, hi)."""
+    span = hi - lo
+    if span <= 0 or count <= 0:
+        return []
+    if span <= count:
+        return list(range(lo, hi))
+    return sorted({lo + (span * i) // count for i in range(count)})
 
 
 def _result(outcome: Outcome) -> _pb.SubmitResult:
     if isinstance(outcome, Applied):
         return _pb.SubmitResult(
             applied=_pb.SubmitScoreResponse(
-                score=outcome.score, changed=outcome.changed
+                score=outcome.score,
+                changed=outcome.changed,
+                period=_pb.Period(start_us=outcome.period_start_us),
+                replayed=outcome.replayed,
             )
         )
     assert isinstance(outcome, ChronoscoreError)

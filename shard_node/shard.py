@@ -19,51 +19,96 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from chronoscore import _keys
+from chronoscore._db import is_unavailable
 from chronoscore._ring import Ring, slot_of
-from chronoscore._validate import Update
 from chronoscore.errors import (
     ChronoscoreError,
     FailedPrecondition,
-    NotFound,
+    InvalidArgument,
     OutOfRange,
     Unavailable,
 )
 from chronoscore.v1 import leaderboard_pb2 as _pb
 
 from .index import IndexEntry, LeaderboardIndex
-from .store import ProfileRow, ScoreRow, Store, is_unavailable
+from .store import (
+    Batch,
+    BoardKey,
+    ProfileRow,
+    Removal,
+    RequestRow,
+    ScoreRow,
+    Store,
+)
 
-__all__ = ["Shard", "Applied", "Outcome"]
+__all__ = ["Shard", "Write", "Applied", "Outcome"]
 
 logger = logging.getLogger("chronoscore.shard")
+
+# Request ids are answered from PostgreSQL for at least this long.
+REQUEST_RETENTION_HOURS = 48
+_RECENT_REQUESTS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One score update, resolved by the coordinator."""
+
+    board: BoardKey
+    ascending: bool
+    user_id: str
+    score: int
+    mode: int
+    metadata: bytes | None = None
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
     score: int
     changed: bool
+    period_start_us: int
+    replayed: bool = False
 
 
-Outcome = Applied | ChronoscoreError
+Outcome = Applied | ChronoscoreError | int
+
+
+@dataclass(frozen=True, slots=True)
+class _Prune:
+    board_id: int
+    before_us: int  # < 0 drops the whole board
 
 
 @dataclass(slots=True)
 class _Job:
     """One caller's request waiting for the commit loop."""
 
-    updates: list[Update] = field(default_factory=list)
+    writes: list[Write] = field(default_factory=list)
     arrived_us: int = 0
     profile: ProfileRow | None = None
+    removal: Removal | None = None
+    prune: _Prune | None = None
     future: asyncio.Future[list[Outcome]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
     @property
     def size(self) -> int:
-        return max(1, len(self.updates))
+        return max(1, len(self.writes))
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """An entry's state after the batch: None in ``entry`` removes it."""
+
+    entry: IndexEntry | None
+    ascending: bool
+    metadata: bytes | None = None
 
 
 _STOP = None
@@ -79,26 +124,30 @@ class Shard:
             raise FailedPrecondition(f"shard {name!r} is not in the ring {ring!r}")
         self.name = name
         self.ring = ring
+        self.slots = ring.slots_of(name)
         self.store = store
         self.max_batch = max_batch
-        self.indexes: dict[str, LeaderboardIndex] = {}
+        self.indexes: dict[BoardKey, LeaderboardIndex] = {}
         self.profiles: dict[str, str] = {}
         self._last_reached_us = 0
+        self._recent: OrderedDict[tuple[str, str], RequestRow] = OrderedDict()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=10_000)
         self._loop_task: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the store, migrate, rebuild the indexes, start committing."""
         started = time.perf_counter()
         await self.store.open()
         await self.store.migrate()
-        snapshot = await self.store.load(self.ring.slots_of(self.name))
+        snapshot = await self.store.load(self.slots)
         self.indexes = snapshot.indexes
         self.profiles = snapshot.profiles
         self._last_reached_us = snapshot.last_reached_us
         self._loop_task = asyncio.create_task(self._commit_loop())
+        self._expiry_task = asyncio.create_task(self._expire_requests())
         logger.info(
-            "shard %s rebuilt %d entries on %d leaderboards in %.2fs",
+            "shard %s rebuilt %d entries in %d leaderboard periods in %.2fs",
             self.name,
             sum(len(i) for i in self.indexes.values()),
             len(self.indexes),
@@ -107,11 +156,19 @@ class Shard:
 
     async def stop(self) -> None:
         """Commit what is queued, then close the store."""
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
         if self._loop_task is not None:
             await self._queue.put(_STOP)
             await self._loop_task
             self._loop_task = None
         await self.store.close()
+
+    @property
+    def failed(self) -> asyncio.Future[None]:
+        """Completes if the commit loop dies; the shard must then exit."""
+        assert self._loop_task is not None, "start() first"
+        return self._loop_task
 
     # Writes
 
@@ -123,21 +180,37 @@ class Shard:
                 " the coordinator's ring differs from this shard's"
             )
 
-    async def apply(self, updates: list[Update], arrived_us: int) -> list[Outcome]:
-        """Apply updates in order; one outcome each, once committed."""
-        for update in updates:
-            self.check_owner(update.user_id)
+    async def apply(self, writes: list[Write], arrived_us: int) -> list[Outcome]:
+        """Apply writes in order; one outcome each, once committed."""
+        for write in writes:
+            self.check_owner(write.user_id)
         if arrived_us <= 0:
             arrived_us = time.time_ns() // 1000
-        job = _Job(updates=updates, arrived_us=min(arrived_us, _keys.REACHED_MAX))
+        job = _Job(writes=writes, arrived_us=min(arrived_us, _keys.REACHED_MAX))
         return await self._submit(job)
 
     async def upsert_user(self, user_id: str, display_name: str) -> None:
         self.check_owner(user_id)
         job = _Job(profile=ProfileRow(user_id, slot_of(user_id), display_name))
-        outcomes = await self._submit(job)
-        if isinstance(outcomes[0], ChronoscoreError):
-            raise outcomes[0]
+        await self._submit_one(job)
+
+    async def remove(self, user_id: str, board_id: int) -> int:
+        """Remove the user's entries on one board, or everywhere with 0."""
+        self.check_owner(user_id)
+        job = _Job(removal=Removal(user_id, board_id, profile=board_id == 0))
+        return await self._submit_one(job)
+
+    async def prune(self, board_id: int, before_us: int, drop_board: bool) -> int:
+        """Drop a board's periods starting before ``before_us``, or all."""
+        job = _Job(prune=_Prune(board_id, -1 if drop_board else before_us))
+        return await self._submit_one(job)
+
+    async def _submit_one(self, job: _Job) -> int:
+        (outcome,) = await self._submit(job)
+        if isinstance(outcome, ChronoscoreError):
+            raise outcome
+        assert isinstance(outcome, int)
+        return outcome
 
     async def _submit(self, job: _Job) -> list[Outcome]:
         if self._loop_task is None or self._loop_task.done():
@@ -146,20 +219,30 @@ class Shard:
         return await job.future
 
     async def _commit_loop(self) -> None:
+        held: _Job | None = None
         stopping = False
         while not stopping:
-            job = await self._queue.get()
+            job = held or await self._queue.get()
+            held = None
             if job is _STOP:
-                break
+                return
+
+            # A prune commits alone, so no write in the same batch can
+            # land in a period it drops.
             jobs = [job]
             size = job.size
-            while size < self.max_batch and not self._queue.empty():
-                job = self._queue.get_nowait()
-                if job is _STOP:
+            while job.prune is None and size < self.max_batch:
+                if self._queue.empty():
+                    break
+                nxt = self._queue.get_nowait()
+                if nxt is _STOP:
                     stopping = True
                     break
-                jobs.append(job)
-                size += job.size
+                if nxt.prune is not None:
+                    held = nxt
+                    break
+                jobs.append(nxt)
+                size += nxt.size
             try:
                 await self._commit(jobs)
             except Exception:
@@ -168,53 +251,104 @@ class Shard:
                 # and a restart rebuilds the indexes from PostgreSQL.
                 logger.critical("shard %s commit loop failed", self.name, exc_info=True)
                 error = ChronoscoreError(f"shard {self.name} failed; it will restart")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_result([error] * job.size)
+                _answer_all(jobs, error)
                 raise
 
-    @property
-    def failed(self) -> asyncio.Future[None]:
-        """Completes if the commit loop dies; the shard must then exit."""
-        assert self._loop_task is not None, "start() first"
-        return self._loop_task
-
     async def _commit(self, jobs: list[_Job]) -> None:
+        try:
+            stored = await self._stored_requests(jobs)
+        except Exception as exc:
+            _answer_all(jobs, self._commit_error(exc))
+            return
+
         # Results are computed against the indexes plus the changes made
         # earlier in this batch, so a user's second increment in one
         # batch builds on the first.
-        pending: dict[tuple[str, str], IndexEntry] = {}
-        profiles: dict[str, ProfileRow] = {}
+        batch = Batch()
+        changes: dict[tuple[BoardKey, str], _Change] = {}
+        profiles: dict[str, str | None] = {}
+        requests: dict[tuple[str, str], RequestRow] = {}
         results: list[list[Outcome]] = []
         for job in jobs:
             if job.profile is not None:
-                profiles[job.profile.user_id] = job.profile
-                results.append([Applied(0, True)])
+                profiles[job.profile.user_id] = job.profile.display_name
+                results.append([1])
+            elif job.removal is not None:
+                results.append([self._remove(job.removal, changes, profiles)])
+                batch.removals.append(job.removal)
+            elif job.prune is not None:
+                prune = job.prune
+                batch.prunes.append((prune.board_id, prune.before_us, self.slots))
+                results.append([self._count_pruned(prune)])
             else:
                 results.append(
-                    [self._compute(u, pending, job.arrived_us) for u in job.updates]
+                    [
+                        self._compute(w, changes, stored, requests, job.arrived_us)
+                        for w in job.writes
+                    ]
                 )
 
-        rows = [
-            ScoreRow(board, user, slot_of(user), entry.score, entry.reached_us)
-            for (board, user), entry in pending.items()
+        for (board, user), change in changes.items():
+            if change.entry is not None:
+                batch.scores.append(
+                    ScoreRow(
+                        board[0],
+                        board[1],
+                        user,
+                        slot_of(user),
+                        change.entry.score,
+                        change.entry.reached_us,
+                        change.metadata or None,
+                    )
+                )
+        batch.profiles = [
+            ProfileRow(user, slot_of(user), name)
+            for user, name in profiles.items()
+            if name is not None
         ]
+        batch.requests = list(requests.values())
         try:
-            await self.store.write(rows, list(profiles.values()))
+            if batch:
+                await self.store.write(batch)
         except Exception as exc:
-            error = self._commit_error(exc)
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_result([error] * job.size)
+            _answer_all(jobs, self._commit_error(exc))
             return
 
-        for (board, _), entry in pending.items():
-            self.indexes.setdefault(board, LeaderboardIndex()).upsert(*entry)
-        for profile in profiles.values():
-            self.profiles[profile.user_id] = profile.display_name
+        self._apply(changes, profiles, requests, [j.prune for j in jobs if j.prune])
         for job, outcome in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(outcome)
+
+    def _apply(
+        self,
+        changes: dict[tuple[BoardKey, str], _Change],
+        profiles: dict[str, str | None],
+        requests: dict[tuple[str, str], RequestRow],
+        prunes: list[_Prune],
+    ) -> None:
+        """Make a committed batch visible. Runs without yielding."""
+        for (board, user), change in changes.items():
+            if change.entry is None:
+                index = self.indexes.get(board)
+                if index is not None:
+                    index.remove(user)
+                continue
+            index = self.indexes.get(board)
+            if index is None:
+                index = self.indexes[board] = LeaderboardIndex(
+                    ascending=change.ascending
+                )
+            index.upsert(*change.entry, metadata=change.metadata or b"")
+        for user, name in profiles.items():
+            if name is None:
+                self.profiles.pop(user, None)
+            else:
+                self.profiles[user] = name
+        for key, row in requests.items():
+            self._remember(key, row)
+        for prune in prunes:
+            for board in self._pruned_boards(prune):
+                del self.indexes[board]
 
     def _commit_error(self, exc: Exception) -> ChronoscoreError:
         if is_unavailable(exc):
@@ -223,56 +357,178 @@ class Shard:
         logger.exception("shard %s commit failed", self.name)
         return ChronoscoreError(f"shard {self.name}: commit failed: {exc}")
 
+    async def _stored_requests(
+        self, jobs: list[_Job]
+    ) -> dict[tuple[str, str], RequestRow]:
+        """Results of earlier requests whose ids this batch repeats."""
+        found: dict[tuple[str, str], RequestRow] = {}
+        missing = []
+        for job in jobs:
+            for write in job.writes:
+                if not write.request_id:
+                    continue
+                key = (write.user_id, write.request_id)
+                row = self._recent.get(key)
+                if row is not None:
+                    found[key] = row
+                else:
+                    missing.append(key)
+        if missing:
+            found.update(await self.store.find_requests(missing))
+        return found
+
     def _compute(
         self,
-        update: Update,
-        pending: dict[tuple[str, str], IndexEntry],
+        write: Write,
+        changes: dict[tuple[BoardKey, str], _Change],
+        stored: dict[tuple[str, str], RequestRow],
+        requests: dict[tuple[str, str], RequestRow],
         arrived_us: int,
     ) -> Outcome:
-        key = (update.leaderboard, update.user_id)
-        current = pending.get(key)
-        if current is None and update.leaderboard in self.indexes:
-            current = self.indexes[update.leaderboard].get(update.user_id)
+        request_key = (write.user_id, write.request_id)
+        if write.request_id:
+            earlier = requests.get(request_key) or stored.get(request_key)
+            if earlier is not None:
+                return self._replay(write, earlier)
 
-        if update.mode == _pb.SCORE_MODE_INCREMENT:
-            base = 0 if current is None else current.score
-            score = base + update.score
-            if not _keys.SCORE_MIN <= score <= _keys.SCORE_MAX:
-                return OutOfRange(
-                    f"adding {update.score} to {update.user_id!r}'s score {base}"
-                    f" on {update.leaderboard!r} would leave the int64 range"
-                )
-        elif update.mode == _pb.SCORE_MODE_BEST and current is not None:
-            score = max(current.score, update.score)
+        outcome = self._compute_score(write, changes, arrived_us)
+        if write.request_id and isinstance(outcome, Applied):
+            requests[request_key] = RequestRow(
+                write.user_id,
+                write.request_id,
+                slot_of(write.user_id),
+                write.board[0],
+                write.board[1],
+                outcome.score,
+                outcome.changed,
+            )
+        return outcome
+
+    def _replay(self, write: Write, earlier: RequestRow) -> Outcome:
+        if earlier.board_id != write.board[0]:
+            return InvalidArgument(
+                f"request_id {write.request_id!r} was already used for"
+                f" another update of user {write.user_id!r}"
+            )
+        return Applied(
+            earlier.score, earlier.changed, earlier.period_start_us, replayed=True
+        )
+
+    def _compute_score(
+        self,
+        write: Write,
+        changes: dict[tuple[BoardKey, str], _Change],
+        arrived_us: int,
+    ) -> Outcome:
+        key = (write.board, write.user_id)
+        change = changes.get(key)
+        if change is not None:
+            current, metadata = change.entry, change.metadata
         else:
-            score = update.score
+            index = self.indexes.get(write.board)
+            current = None if index is None else index.get(write.user_id)
+            metadata = None if index is None else index.metadata(write.user_id)
 
-        # An unchanged score keeps its time, so the user keeps their
-        # place among equal scores.
+        base = 0 if current is None else current.score
+        if write.mode in (_pb.SCORE_MODE_INCREMENT, _pb.SCORE_MODE_DECREMENT):
+            sign = 1 if write.mode == _pb.SCORE_MODE_INCREMENT else -1
+            score = base + sign * write.score
+            if not _keys.SCORE_MIN <= score <= _keys.SCORE_MAX:
+                verb = "adding" if sign > 0 else "subtracting"
+                return OutOfRange(
+                    f"{verb} {write.score} to {write.user_id!r}'s score {base}"
+                    " would leave the int64 range"
+                )
+        elif write.mode == _pb.SCORE_MODE_BEST and current is not None:
+            better = _keys.is_better(write.score, base, write.ascending)
+            score = write.score if better else base
+        else:
+            score = write.score
+
+        # An unchanged score keeps its time (so the user keeps their place
+        # among equal scores) and its metadata.
+        period = write.board[1]
         if current is not None and current.score == score:
-            return Applied(score, False)
-        pending[key] = IndexEntry(update.user_id, score, self._stamp(arrived_us))
-        return Applied(score, True)
+            return Applied(score, False, period)
+        if write.metadata is not None:
+            metadata = write.metadata
+        entry = IndexEntry(write.user_id, score, self._stamp(arrived_us))
+        changes[key] = _Change(entry, write.ascending, metadata)
+        return Applied(score, True, period)
+
+    def _remove(
+        self,
+        removal: Removal,
+        changes: dict[tuple[BoardKey, str], _Change],
+        profiles: dict[str, str | None],
+    ) -> int:
+        """Mark the user's entries removed; return how many there were."""
+        boards = set(self.indexes) | {board for board, _ in changes}
+        removed = 0
+        for board in boards:
+            if removal.board_id and board[0] != removal.board_id:
+                continue
+            key = (board, removal.user_id)
+            change = changes.get(key)
+            index = self.indexes.get(board)
+            if change is not None:
+                present = change.entry is not None
+            else:
+                present = index is not None and removal.user_id in index
+            if present:
+                removed += 1
+                ascending = False if index is None else index.ascending
+                changes[key] = _Change(None, ascending)
+        if removal.profile:
+            profiles[removal.user_id] = None
+        return removed
+
+    def _pruned_boards(self, prune: _Prune) -> list[BoardKey]:
+        return [
+            board
+            for board in self.indexes
+            if board[0] == prune.board_id
+            and (prune.before_us < 0 or board[1] < prune.before_us)
+        ]
+
+    def _count_pruned(self, prune: _Prune) -> int:
+        return sum(len(self.indexes[b]) for b in self._pruned_boards(prune))
 
     def _stamp(self, arrived_us: int) -> int:
         """A reached time no earlier than arrival and unique on this shard."""
         self._last_reached_us = max(arrived_us, self._last_reached_us + 1)
         return self._last_reached_us
 
+    def _remember(self, key: tuple[str, str], row: RequestRow) -> None:
+        self._recent[key] = row
+        self._recent.move_to_end(key)
+        while len(self._recent) > _RECENT_REQUESTS:
+            self._recent.popitem(last=False)
+
+    async def _expire_requests(self) -> None:
+        while True:
+            try:
+                removed = await self.store.expire_requests(
+                    self.slots, REQUEST_RETENTION_HOURS
+                )
+                logger.debug("shard %s expired %d request ids", self.name, removed)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                logger.warning("shard %s could not expire request ids", self.name)
+            await asyncio.sleep(600)
+
     # Reads
 
-    def index(self, leaderboard: str) -> LeaderboardIndex:
-        return self.indexes.get(leaderboard) or _EMPTY
-
-    def lookup(self, leaderboard: str, user_id: str) -> tuple[IndexEntry, int]:
-        """The user's entry and the entries ahead of it on this shard."""
-        index = self.index(leaderboard)
-        entry = index.get(user_id)
-        if entry is None:
-            raise NotFound(f"user {user_id!r} has no entry on {leaderboard!r}")
-        ahead = index.rank_of(user_id)
-        assert ahead is not None
-        return entry, ahead
+    def index(self, board: BoardKey, ascending: bool) -> LeaderboardIndex:
+        """The index of one period; an empty one if it has no entries."""
+        index = self.indexes.get(board)
+        if index is None:
+            return LeaderboardIndex(ascending=ascending)
+        return index
 
 
-_EMPTY = LeaderboardIndex()
+def _answer_all(jobs: list[_Job], error: ChronoscoreError) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_result([error] * job.size)

@@ -1,21 +1,20 @@
-"""PostgreSQL persistence for a shard: schema, loading, and batch writes.
+"""A shard's PostgreSQL persistence: loading, batch writes, request log.
 
-PostgreSQL is the source of truth. ``user_score`` holds one row per
-(leaderboard, user) and ``users`` one row per profile; both carry the
-user's slot so a shard loads exactly the slots it owns. Several shards
-may share one database, each reading and writing only its own slots.
+PostgreSQL is the source of truth (see ``chronoscore._schema``). A shard
+reads and writes only the rows of the slots it owns, so several shards
+share one database without touching each other's rows.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from chronoscore.errors import FailedPrecondition
+from chronoscore._db import is_unavailable, make_pool
+from chronoscore._schema import migrate
 
 from .index import IndexEntry, LeaderboardIndex
 
@@ -23,46 +22,29 @@ __all__ = [
     "Store",
     "ScoreRow",
     "ProfileRow",
+    "RequestRow",
+    "Removal",
+    "Batch",
     "Snapshot",
-    "SCHEMA_VERSION",
+    "BoardKey",
     "is_unavailable",
 ]
 
 logger = logging.getLogger("chronoscore.shard")
 
-# Each migration runs once, in order, in one transaction with the
-# version bump. Append new ones; never edit a released one.
-_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE users (
-        user_id text COLLATE "C" PRIMARY KEY,
-        slot integer NOT NULL,
-        display_name text NOT NULL,
-        updated_at timestamptz NOT NULL DEFAULT now()
-    );
-    CREATE INDEX users_slot ON users (slot);
-    CREATE TABLE user_score (
-        leaderboard text COLLATE "C" NOT NULL,
-        user_id text COLLATE "C" NOT NULL,
-        slot integer NOT NULL,
-        score bigint NOT NULL,
-        reached_us bigint NOT NULL,
-        PRIMARY KEY (leaderboard, user_id)
-    );
-    CREATE INDEX user_score_slot ON user_score (slot);
-    """,
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-# Serialises migrations when several shards start on one database.
-_MIGRATION_LOCK = 0x43_68_72_6F_6E_6F
+# (board_id, period_start_us): one index, one period of one leaderboard.
+BoardKey = tuple[int, int]
 
 _UPSERT_SCORES = """
-    INSERT INTO user_score (leaderboard, user_id, slot, score, reached_us)
+    INSERT INTO user_score
+        (board_id, period_start_us, user_id, slot, score, reached_us, metadata)
     SELECT * FROM unnest(
-        %s::text[], %s::text[], %s::integer[], %s::bigint[], %s::bigint[])
-    ON CONFLICT (leaderboard, user_id) DO UPDATE
-    SET score = EXCLUDED.score, reached_us = EXCLUDED.reached_us
+        %s::bigint[], %s::bigint[], %s::text[], %s::integer[],
+        %s::bigint[], %s::bigint[], %s::bytea[])
+    ON CONFLICT (board_id, period_start_us, user_id) DO UPDATE
+    SET score = EXCLUDED.score,
+        reached_us = EXCLUDED.reached_us,
+        metadata = EXCLUDED.metadata
 """
 
 _UPSERT_PROFILES = """
@@ -72,22 +54,46 @@ _UPSERT_PROFILES = """
     SET display_name = EXCLUDED.display_name, updated_at = now()
 """
 
+_LOG_REQUESTS = """
+    INSERT INTO request_log
+        (user_id, request_id, slot, board_id, period_start_us, score, changed)
+    SELECT * FROM unnest(
+        %s::text[], %s::text[], %s::integer[], %s::bigint[],
+        %s::bigint[], %s::bigint[], %s::boolean[])
+    ON CONFLICT DO NOTHING
+"""
+
+_FIND_REQUESTS = """
+    SELECT user_id, request_id, board_id, period_start_us, score, changed
+    FROM request_log
+    WHERE (user_id, request_id) IN (
+        SELECT * FROM unnest(%s::text[], %s::text[]))
+"""
+
+# Rows of deleted leaderboards have no catalog row and are not loaded.
 _LOAD_SCORES = """
     COPY (
-        SELECT leaderboard, user_id, score, reached_us FROM user_score
-        WHERE slot = ANY(%s)
-        ORDER BY leaderboard, score DESC, reached_us, user_id
+        SELECT s.board_id, s.period_start_us, b.ascending,
+               s.user_id, s.score, s.reached_us, s.metadata
+        FROM user_score s JOIN leaderboards b ON b.id = s.board_id
+        WHERE s.slot = ANY(%s)
+        ORDER BY s.board_id, s.period_start_us,
+                 CASE WHEN b.ascending THEN s.score END,
+                 CASE WHEN NOT b.ascending THEN s.score END DESC,
+                 s.reached_us, s.user_id
     ) TO STDOUT (FORMAT BINARY)
 """
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreRow:
-    leaderboard: str
+    board_id: int
+    period_start_us: int
     user_id: str
     slot: int
     score: int
     reached_us: int
+    metadata: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,30 +103,65 @@ class ProfileRow:
     display_name: str
 
 
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """The stored result of an update sent with a request id."""
+
+    user_id: str
+    request_id: str
+    slot: int
+    board_id: int
+    period_start_us: int
+    score: int
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """Delete a user's scores on one board (board_id > 0) or on all."""
+
+    user_id: str
+    board_id: int
+    profile: bool
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one group commit writes, in one transaction."""
+
+    scores: list[ScoreRow] = field(default_factory=list)
+    profiles: list[ProfileRow] = field(default_factory=list)
+    requests: list[RequestRow] = field(default_factory=list)
+    removals: list[Removal] = field(default_factory=list)
+    # (board_id, before_us, slots): drop periods starting before before_us;
+    # before_us < 0 drops the whole board.
+    prunes: list[tuple[int, int, list[int]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.scores
+            or self.profiles
+            or self.requests
+            or self.removals
+            or self.prunes
+        )
+
+
 @dataclass(slots=True)
 class Snapshot:
     """Everything a shard holds in memory, as loaded at start."""
 
-    indexes: dict[str, LeaderboardIndex]
+    indexes: dict[BoardKey, LeaderboardIndex]
     profiles: dict[str, str]
     last_reached_us: int
 
 
 class Store:
-    """A connection pool to the shard's PostgreSQL database."""
+    """A connection pool to the cluster's PostgreSQL database."""
 
     def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
         self.timeout = timeout
-        self._pool = AsyncConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=2,
-            open=False,
-            timeout=timeout,
-            check=AsyncConnectionPool.check_connection,
-            kwargs={"connect_timeout": max(1, round(timeout))},
-            name="chronoscore-shard",
-        )
+        self._pool = make_pool(dsn, "chronoscore-shard", max_size=2, timeout=timeout)
 
     async def open(self) -> None:
         await self._pool.open(wait=True, timeout=self.timeout * 6)
@@ -129,54 +170,40 @@ class Store:
         await self._pool.close()
 
     async def migrate(self) -> int:
-        """Bring the schema to SCHEMA_VERSION; return the old version."""
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS chronoscore_schema"
-                " (version integer NOT NULL)"
-            )
-            cur = await conn.execute("SELECT version FROM chronoscore_schema")
-            row = await cur.fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"database schema version {version} is newer than this"
-                    f" build's {SCHEMA_VERSION}; upgrade ChronoScore"
-                )
-
-            for sql in _MIGRATIONS[version:]:
-                await conn.execute(sql)
-            if row is None:
-                await conn.execute(
-                    "INSERT INTO chronoscore_schema VALUES (%s)", [SCHEMA_VERSION]
-                )
-            else:
-                await conn.execute(
-                    "UPDATE chronoscore_schema SET version = %s", [SCHEMA_VERSION]
-                )
-        if version < SCHEMA_VERSION:
-            logger.info("schema migrated from %d to %d", version, SCHEMA_VERSION)
-        return version
+        async with self._pool.connection() as conn:
+            return await migrate(conn)
 
     async def load(self, slots: Sequence[int]) -> Snapshot:
         """Read every score and profile in ``slots``."""
-        indexes: dict[str, LeaderboardIndex] = {}
+        indexes: dict[BoardKey, LeaderboardIndex] = {}
         last_reached = 0
         async with self._pool.connection() as conn:
             async with conn.cursor().copy(_LOAD_SCORES, [list(slots)]) as copy:
-                copy.set_types(["text", "text", "int8", "int8"])
-                board: str | None = None
+                copy.set_types(
+                    ["int8", "int8", "bool", "text", "int8", "int8", "bytea"]
+                )
+                board: BoardKey | None = None
+                ascending = False
                 run: list[IndexEntry] = []
-                async for leaderboard, user, score, reached in copy.rows():
-                    if leaderboard != board:
-                        if board is not None:
-                            indexes[board] = LeaderboardIndex.from_sorted(run)
-                        board, run = leaderboard, []
+                metadata: dict[str, bytes] = {}
+
+                def flush() -> None:
+                    if board is not None:
+                        indexes[board] = LeaderboardIndex.from_sorted(
+                            run, ascending=ascending, metadata=metadata
+                        )
+
+                async for row in copy.rows():
+                    board_id, period, asc, user, score, reached, meta = row
+                    if (board_id, period) != board:
+                        flush()
+                        board, ascending = (board_id, period), asc
+                        run, metadata = [], {}
                     run.append(IndexEntry(user, score, reached))
+                    if meta:
+                        metadata[user] = bytes(meta)
                     last_reached = max(last_reached, reached)
-                if board is not None:
-                    indexes[board] = LeaderboardIndex.from_sorted(run)
+                flush()
 
             cur = await conn.execute(
                 "SELECT user_id, display_name FROM users WHERE slot = ANY(%s)",
@@ -185,37 +212,71 @@ class Store:
             profiles = {user: name for user, name in await cur.fetchall()}
         return Snapshot(indexes, profiles, last_reached)
 
-    async def write(
-        self, scores: Sequence[ScoreRow], profiles: Sequence[ProfileRow]
-    ) -> None:
-        """Commit score and profile rows in one transaction.
+    async def find_requests(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], RequestRow]:
+        """Stored results for (user_id, request_id) pairs that have one."""
+        if not keys:
+            return {}
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                _FIND_REQUESTS, [[k[0] for k in keys], [k[1] for k in keys]]
+            )
+            rows = await cur.fetchall()
+        return {
+            (user, rid): RequestRow(user, rid, 0, board, period, score, changed)
+            for user, rid, board, period, score, changed in rows
+        }
 
-        Each (leaderboard, user) and each profile may appear only once.
+    async def write(self, batch: Batch) -> None:
+        """Commit a batch in one transaction.
+
+        Each (board, period, user), profile and request appears once.
         Raises psycopg or pool errors when PostgreSQL cannot commit.
         """
         async with self._pool.connection() as conn, conn.transaction():
-            if scores:
+            for removal in batch.removals:
+                await self._remove(conn, removal)
+            for board_id, before_us, slots in batch.prunes:
                 await conn.execute(
-                    _UPSERT_SCORES,
-                    [
-                        [r.leaderboard for r in scores],
-                        [r.user_id for r in scores],
-                        [r.slot for r in scores],
-                        [r.score for r in scores],
-                        [r.reached_us for r in scores],
-                    ],
+                    "DELETE FROM user_score WHERE board_id = %s"
+                    " AND (%s < 0 OR period_start_us < %s) AND slot = ANY(%s)",
+                    [board_id, before_us, before_us, slots],
                 )
-            if profiles:
-                await conn.execute(
-                    _UPSERT_PROFILES,
-                    [
-                        [p.user_id for p in profiles],
-                        [p.slot for p in profiles],
-                        [p.display_name for p in profiles],
-                    ],
-                )
+            if batch.scores:
+                await conn.execute(_UPSERT_SCORES, _columns(batch.scores))
+            if batch.profiles:
+                await conn.execute(_UPSERT_PROFILES, _columns(batch.profiles))
+            if batch.requests:
+                await conn.execute(_LOG_REQUESTS, _columns(batch.requests))
+
+    async def _remove(self, conn: psycopg.AsyncConnection, removal: Removal) -> None:
+        if removal.board_id:
+            await conn.execute(
+                "DELETE FROM user_score WHERE user_id = %s AND board_id = %s",
+                [removal.user_id, removal.board_id],
+            )
+        else:
+            await conn.execute(
+                "DELETE FROM user_score WHERE user_id = %s", [removal.user_id]
+            )
+        if removal.profile:
+            await conn.execute(
+                "DELETE FROM users WHERE user_id = %s", [removal.user_id]
+            )
+
+    async def expire_requests(self, slots: Sequence[int], hours: int) -> int:
+        """Forget request ids older than ``hours``; return how many."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM request_log WHERE slot = ANY(%s)"
+                " AND created_at < now() - make_interval(hours => %s)",
+                [list(slots), hours],
+            )
+            return cur.rowcount
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether an exception means PostgreSQL could not be reached."""
-    return isinstance(exc, psycopg.OperationalError | PoolTimeout)
+def _columns(rows: Sequence[object]) -> list[list[object]]:
+    """Turn dataclass rows into one list per field, for unnest()."""
+    names = rows[0].__slots__  # type: ignore[attr-defined]
+    return [[getattr(row, name) for row in rows] for name in names]

@@ -15,13 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_public_names_are_pinned() -> None:
     assert sorted(chronoscore.__all__) == [
+        "AlreadyExists",
         "ChronoscoreError",
         "Client",
         "Entry",
         "FailedPrecondition",
+        "Friends",
         "InvalidArgument",
+        "Leaderboard",
         "NotFound",
         "OutOfRange",
+        "Page",
+        "Period",
         "RankedEntry",
         "Result",
         "Unavailable",

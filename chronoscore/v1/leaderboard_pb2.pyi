@@ -8,36 +8,137 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SortOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SORT_ORDER_UNSPECIFIED: _ClassVar[SortOrder]
+    SORT_ORDER_DESCENDING: _ClassVar[SortOrder]
+    SORT_ORDER_ASCENDING: _ClassVar[SortOrder]
+
 class ScoreMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SCORE_MODE_UNSPECIFIED: _ClassVar[ScoreMode]
     SCORE_MODE_BEST: _ClassVar[ScoreMode]
     SCORE_MODE_SET: _ClassVar[ScoreMode]
     SCORE_MODE_INCREMENT: _ClassVar[ScoreMode]
+    SCORE_MODE_DECREMENT: _ClassVar[ScoreMode]
+
+class TiePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIE_POLICY_UNSPECIFIED: _ClassVar[TiePolicy]
+    TIE_POLICY_EARLIEST_FIRST: _ClassVar[TiePolicy]
+    TIE_POLICY_SHARED: _ClassVar[TiePolicy]
+
+class ResetSchedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESET_SCHEDULE_UNSPECIFIED: _ClassVar[ResetSchedule]
+    RESET_SCHEDULE_NONE: _ClassVar[ResetSchedule]
+    RESET_SCHEDULE_DAILY: _ClassVar[ResetSchedule]
+    RESET_SCHEDULE_WEEKLY: _ClassVar[ResetSchedule]
+    RESET_SCHEDULE_MONTHLY: _ClassVar[ResetSchedule]
+SORT_ORDER_UNSPECIFIED: SortOrder
+SORT_ORDER_DESCENDING: SortOrder
+SORT_ORDER_ASCENDING: SortOrder
 SCORE_MODE_UNSPECIFIED: ScoreMode
 SCORE_MODE_BEST: ScoreMode
 SCORE_MODE_SET: ScoreMode
 SCORE_MODE_INCREMENT: ScoreMode
+SCORE_MODE_DECREMENT: ScoreMode
+TIE_POLICY_UNSPECIFIED: TiePolicy
+TIE_POLICY_EARLIEST_FIRST: TiePolicy
+TIE_POLICY_SHARED: TiePolicy
+RESET_SCHEDULE_UNSPECIFIED: ResetSchedule
+RESET_SCHEDULE_NONE: ResetSchedule
+RESET_SCHEDULE_DAILY: ResetSchedule
+RESET_SCHEDULE_WEEKLY: ResetSchedule
+RESET_SCHEDULE_MONTHLY: ResetSchedule
+
+class Period(_message.Message):
+    __slots__ = ("label", "start_us", "end_us")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    START_US_FIELD_NUMBER: _ClassVar[int]
+    END_US_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    start_us: int
+    end_us: int
+    def __init__(self, label: _Optional[str] = ..., start_us: _Optional[int] = ..., end_us: _Optional[int] = ...) -> None: ...
+
+class Leaderboard(_message.Message):
+    __slots__ = ("name", "sort_order", "operator", "tie_policy", "reset", "keep_periods", "current_period")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SORT_ORDER_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    TIE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    KEEP_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sort_order: SortOrder
+    operator: ScoreMode
+    tie_policy: TiePolicy
+    reset: ResetSchedule
+    keep_periods: int
+    current_period: Period
+    def __init__(self, name: _Optional[str] = ..., sort_order: _Optional[_Union[SortOrder, str]] = ..., operator: _Optional[_Union[ScoreMode, str]] = ..., tie_policy: _Optional[_Union[TiePolicy, str]] = ..., reset: _Optional[_Union[ResetSchedule, str]] = ..., keep_periods: _Optional[int] = ..., current_period: _Optional[_Union[Period, _Mapping]] = ...) -> None: ...
+
+class CreateLeaderboardRequest(_message.Message):
+    __slots__ = ("leaderboard",)
+    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
+    leaderboard: Leaderboard
+    def __init__(self, leaderboard: _Optional[_Union[Leaderboard, _Mapping]] = ...) -> None: ...
+
+class GetLeaderboardRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListLeaderboardsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListLeaderboardsResponse(_message.Message):
+    __slots__ = ("leaderboards",)
+    LEADERBOARDS_FIELD_NUMBER: _ClassVar[int]
+    leaderboards: _containers.RepeatedCompositeFieldContainer[Leaderboard]
+    def __init__(self, leaderboards: _Optional[_Iterable[_Union[Leaderboard, _Mapping]]] = ...) -> None: ...
+
+class DeleteLeaderboardRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteLeaderboardResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class SubmitScoreRequest(_message.Message):
-    __slots__ = ("leaderboard", "user_id", "score", "mode")
+    __slots__ = ("leaderboard", "user_id", "score", "mode", "metadata", "request_id")
     LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     leaderboard: str
     user_id: str
     score: int
     mode: ScoreMode
-    def __init__(self, leaderboard: _Optional[str] = ..., user_id: _Optional[str] = ..., score: _Optional[int] = ..., mode: _Optional[_Union[ScoreMode, str]] = ...) -> None: ...
+    metadata: bytes
+    request_id: str
+    def __init__(self, leaderboard: _Optional[str] = ..., user_id: _Optional[str] = ..., score: _Optional[int] = ..., mode: _Optional[_Union[ScoreMode, str]] = ..., metadata: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitScoreResponse(_message.Message):
-    __slots__ = ("score", "changed")
+    __slots__ = ("score", "changed", "period", "replayed")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     score: int
     changed: bool
-    def __init__(self, score: _Optional[int] = ..., changed: _Optional[bool] = ...) -> None: ...
+    period: Period
+    replayed: bool
+    def __init__(self, score: _Optional[int] = ..., changed: _Optional[bool] = ..., period: _Optional[_Union[Period, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class SubmitScoresRequest(_message.Message):
     __slots__ = ("updates",)
@@ -67,35 +168,7 @@ class SubmitScoresResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[SubmitResult]
     def __init__(self, results: _Optional[_Iterable[_Union[SubmitResult, _Mapping]]] = ...) -> None: ...
 
-class Entry(_message.Message):
-    __slots__ = ("rank", "user_id", "display_name", "score")
-    RANK_FIELD_NUMBER: _ClassVar[int]
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
-    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
-    SCORE_FIELD_NUMBER: _ClassVar[int]
-    rank: int
-    user_id: str
-    display_name: str
-    score: int
-    def __init__(self, rank: _Optional[int] = ..., user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., score: _Optional[int] = ...) -> None: ...
-
-class GetTopRequest(_message.Message):
-    __slots__ = ("leaderboard", "limit")
-    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
-    LIMIT_FIELD_NUMBER: _ClassVar[int]
-    leaderboard: str
-    limit: int
-    def __init__(self, leaderboard: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
-
-class GetTopResponse(_message.Message):
-    __slots__ = ("entries", "total")
-    ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_FIELD_NUMBER: _ClassVar[int]
-    entries: _containers.RepeatedCompositeFieldContainer[Entry]
-    total: int
-    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
-
-class GetRankRequest(_message.Message):
+class RemoveEntryRequest(_message.Message):
     __slots__ = ("leaderboard", "user_id")
     LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -103,13 +176,133 @@ class GetRankRequest(_message.Message):
     user_id: str
     def __init__(self, leaderboard: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
 
+class RemoveUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class RemoveResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("rank", "user_id", "display_name", "score", "metadata")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    user_id: str
+    display_name: str
+    score: int
+    metadata: bytes
+    def __init__(self, rank: _Optional[int] = ..., user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., score: _Optional[int] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+
+class EntriesResponse(_message.Message):
+    __slots__ = ("entries", "total", "period")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    total: int
+    period: Period
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., total: _Optional[int] = ..., period: _Optional[_Union[Period, _Mapping]] = ...) -> None: ...
+
+class GetTopRequest(_message.Message):
+    __slots__ = ("leaderboard", "limit", "period")
+    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    leaderboard: str
+    limit: int
+    period: str
+    def __init__(self, leaderboard: _Optional[str] = ..., limit: _Optional[int] = ..., period: _Optional[str] = ...) -> None: ...
+
+class GetRankRequest(_message.Message):
+    __slots__ = ("leaderboard", "user_id", "period")
+    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    leaderboard: str
+    user_id: str
+    period: str
+    def __init__(self, leaderboard: _Optional[str] = ..., user_id: _Optional[str] = ..., period: _Optional[str] = ...) -> None: ...
+
 class GetRankResponse(_message.Message):
-    __slots__ = ("entry", "total")
+    __slots__ = ("entry", "total", "shared_rank", "period")
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHARED_RANK_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
     entry: Entry
     total: int
-    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., total: _Optional[int] = ...) -> None: ...
+    shared_rank: int
+    period: Period
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ..., total: _Optional[int] = ..., shared_rank: _Optional[int] = ..., period: _Optional[_Union[Period, _Mapping]] = ...) -> None: ...
+
+class GetAroundRequest(_message.Message):
+    __slots__ = ("leaderboard", "user_id", "above", "below", "period")
+    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ABOVE_FIELD_NUMBER: _ClassVar[int]
+    BELOW_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    leaderboard: str
+    user_id: str
+    above: int
+    below: int
+    period: str
+    def __init__(self, leaderboard: _Optional[str] = ..., user_id: _Optional[str] = ..., above: _Optional[int] = ..., below: _Optional[int] = ..., period: _Optional[str] = ...) -> None: ...
+
+class GetPageRequest(_message.Message):
+    __slots__ = ("leaderboard", "offset", "limit", "period")
+    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    leaderboard: str
+    offset: int
+    limit: int
+    period: str
+    def __init__(self, leaderboard: _Optional[str] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ..., period: _Optional[str] = ...) -> None: ...
+
+class GetEntriesRequest(_message.Message):
+    __slots__ = ("leaderboard", "user_ids", "period")
+    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    leaderboard: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    period: str
+    def __init__(self, leaderboard: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ..., period: _Optional[str] = ...) -> None: ...
+
+class GetEntriesResponse(_message.Message):
+    __slots__ = ("entries", "list_ranks", "missing", "total", "period")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LIST_RANKS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    list_ranks: _containers.RepeatedScalarFieldContainer[int]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    total: int
+    period: Period
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., list_ranks: _Optional[_Iterable[int]] = ..., missing: _Optional[_Iterable[str]] = ..., total: _Optional[int] = ..., period: _Optional[_Union[Period, _Mapping]] = ...) -> None: ...
+
+class WatchTopRequest(_message.Message):
+    __slots__ = ("leaderboard", "limit", "min_interval_ms")
+    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MIN_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    leaderboard: str
+    limit: int
+    min_interval_ms: int
+    def __init__(self, leaderboard: _Optional[str] = ..., limit: _Optional[int] = ..., min_interval_ms: _Optional[int] = ...) -> None: ...
 
 class UpsertUserRequest(_message.Message):
     __slots__ = ("user_id", "display_name")

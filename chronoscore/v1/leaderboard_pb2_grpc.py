@@ -35,6 +35,26 @@ class LeaderboardServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateLeaderboard = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/CreateLeaderboard',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.CreateLeaderboardRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.Leaderboard.FromString,
+                _registered_method=True)
+        self.GetLeaderboard = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/GetLeaderboard',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetLeaderboardRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.Leaderboard.FromString,
+                _registered_method=True)
+        self.ListLeaderboards = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/ListLeaderboards',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.ListLeaderboardsRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.ListLeaderboardsResponse.FromString,
+                _registered_method=True)
+        self.DeleteLeaderboard = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/DeleteLeaderboard',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.DeleteLeaderboardRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.DeleteLeaderboardResponse.FromString,
+                _registered_method=True)
         self.SubmitScore = channel.unary_unary(
                 '/chronoscore.v1.LeaderboardService/SubmitScore',
                 request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.SubmitScoreRequest.SerializeToString,
@@ -45,25 +65,82 @@ class LeaderboardServiceStub:
                 request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.SubmitScoresRequest.SerializeToString,
                 response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.SubmitScoresResponse.FromString,
                 _registered_method=True)
-        self.GetTop = channel.unary_unary(
-                '/chronoscore.v1.LeaderboardService/GetTop',
-                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetTopRequest.SerializeToString,
-                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetTopResponse.FromString,
+        self.RemoveEntry = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/RemoveEntry',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveEntryRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.FromString,
                 _registered_method=True)
-        self.GetRank = channel.unary_unary(
-                '/chronoscore.v1.LeaderboardService/GetRank',
-                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetRankRequest.SerializeToString,
-                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetRankResponse.FromString,
+        self.RemoveUser = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/RemoveUser',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveUserRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.FromString,
                 _registered_method=True)
         self.UpsertUser = channel.unary_unary(
                 '/chronoscore.v1.LeaderboardService/UpsertUser',
                 request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserRequest.SerializeToString,
                 response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserResponse.FromString,
                 _registered_method=True)
+        self.GetTop = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/GetTop',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetTopRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.FromString,
+                _registered_method=True)
+        self.GetRank = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/GetRank',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetRankRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetRankResponse.FromString,
+                _registered_method=True)
+        self.GetAround = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/GetAround',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetAroundRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.FromString,
+                _registered_method=True)
+        self.GetPage = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/GetPage',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetPageRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.FromString,
+                _registered_method=True)
+        self.GetEntries = channel.unary_unary(
+                '/chronoscore.v1.LeaderboardService/GetEntries',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetEntriesRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetEntriesResponse.FromString,
+                _registered_method=True)
+        self.WatchTop = channel.unary_stream(
+                '/chronoscore.v1.LeaderboardService/WatchTop',
+                request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.WatchTopRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.FromString,
+                _registered_method=True)
 
 
 class LeaderboardServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def CreateLeaderboard(self, request, context):
+        """Creates a leaderboard. Creating one that exists succeeds only if the
+        configuration is identical; otherwise ALREADY_EXISTS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLeaderboard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLeaderboards(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteLeaderboard(self, request, context):
+        """Deletes a leaderboard with every entry of every period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def SubmitScore(self, request, context):
         """Applies one score update and returns the user's resulting score.
@@ -80,15 +157,15 @@ class LeaderboardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetTop(self, request, context):
-        """The best entries of a leaderboard, merged over every shard.
+    def RemoveEntry(self, request, context):
+        """Removes a user's entries from one leaderboard, in every period.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetRank(self, request, context):
-        """One user's score and exact global rank.
+    def RemoveUser(self, request, context):
+        """Removes a user's entries from every leaderboard, and their profile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,9 +178,71 @@ class LeaderboardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTop(self, request, context):
+        """The best entries, merged over every shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRank(self, request, context):
+        """One user's entry with its exact global rank.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAround(self, request, context):
+        """A user and their neighbours, with exact ranks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPage(self, request, context):
+        """Entries at any offset of the ranking.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntries(self, request, context):
+        """Given users' entries with global ranks: a friends' leaderboard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTop(self, request, context):
+        """Pushes the top entries each time they change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LeaderboardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLeaderboard,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.CreateLeaderboardRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.Leaderboard.SerializeToString,
+            ),
+            'GetLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLeaderboard,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetLeaderboardRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.Leaderboard.SerializeToString,
+            ),
+            'ListLeaderboards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLeaderboards,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.ListLeaderboardsRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.ListLeaderboardsResponse.SerializeToString,
+            ),
+            'DeleteLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteLeaderboard,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.DeleteLeaderboardRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.DeleteLeaderboardResponse.SerializeToString,
+            ),
             'SubmitScore': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitScore,
                     request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.SubmitScoreRequest.FromString,
@@ -114,20 +253,50 @@ def add_LeaderboardServiceServicer_to_server(servicer, server):
                     request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.SubmitScoresRequest.FromString,
                     response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.SubmitScoresResponse.SerializeToString,
             ),
+            'RemoveEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveEntry,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveEntryRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.SerializeToString,
+            ),
+            'RemoveUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveUser,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveUserRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.SerializeToString,
+            ),
+            'UpsertUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertUser,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserResponse.SerializeToString,
+            ),
             'GetTop': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTop,
                     request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetTopRequest.FromString,
-                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetTopResponse.SerializeToString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.SerializeToString,
             ),
             'GetRank': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRank,
                     request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetRankRequest.FromString,
                     response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetRankResponse.SerializeToString,
             ),
-            'UpsertUser': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpsertUser,
-                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserRequest.FromString,
-                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserResponse.SerializeToString,
+            'GetAround': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAround,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetAroundRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.SerializeToString,
+            ),
+            'GetPage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPage,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetPageRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.SerializeToString,
+            ),
+            'GetEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntries,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetEntriesRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.GetEntriesResponse.SerializeToString,
+            ),
+            'WatchTop': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTop,
+                    request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.WatchTopRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +308,114 @@ def add_LeaderboardServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class LeaderboardService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/CreateLeaderboard',
+            chronoscore_dot_v1_dot_leaderboard__pb2.CreateLeaderboardRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.Leaderboard.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/GetLeaderboard',
+            chronoscore_dot_v1_dot_leaderboard__pb2.GetLeaderboardRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.Leaderboard.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLeaderboards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/ListLeaderboards',
+            chronoscore_dot_v1_dot_leaderboard__pb2.ListLeaderboardsRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.ListLeaderboardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/DeleteLeaderboard',
+            chronoscore_dot_v1_dot_leaderboard__pb2.DeleteLeaderboardRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.DeleteLeaderboardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def SubmitScore(request,
@@ -195,6 +472,87 @@ class LeaderboardService:
             _registered_method=True)
 
     @staticmethod
+    def RemoveEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/RemoveEntry',
+            chronoscore_dot_v1_dot_leaderboard__pb2.RemoveEntryRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/RemoveUser',
+            chronoscore_dot_v1_dot_leaderboard__pb2.RemoveUserRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/UpsertUser',
+            chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetTop(request,
             target,
             options=(),
@@ -210,7 +568,7 @@ class LeaderboardService:
             target,
             '/chronoscore.v1.LeaderboardService/GetTop',
             chronoscore_dot_v1_dot_leaderboard__pb2.GetTopRequest.SerializeToString,
-            chronoscore_dot_v1_dot_leaderboard__pb2.GetTopResponse.FromString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -249,7 +607,7 @@ class LeaderboardService:
             _registered_method=True)
 
     @staticmethod
-    def UpsertUser(request,
+    def GetAround(request,
             target,
             options=(),
             channel_credentials=None,
@@ -262,9 +620,90 @@ class LeaderboardService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chronoscore.v1.LeaderboardService/UpsertUser',
-            chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserRequest.SerializeToString,
-            chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserResponse.FromString,
+            '/chronoscore.v1.LeaderboardService/GetAround',
+            chronoscore_dot_v1_dot_leaderboard__pb2.GetAroundRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/GetPage',
+            chronoscore_dot_v1_dot_leaderboard__pb2.GetPageRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/GetEntries',
+            chronoscore_dot_v1_dot_leaderboard__pb2.GetEntriesRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.GetEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chronoscore.v1.LeaderboardService/WatchTop',
+            chronoscore_dot_v1_dot_leaderboard__pb2.WatchTopRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.EntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

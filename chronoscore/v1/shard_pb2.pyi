@@ -8,13 +8,39 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class BoardPeriod(_message.Message):
+    __slots__ = ("board_id", "period_start_us", "ascending")
+    BOARD_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_US_FIELD_NUMBER: _ClassVar[int]
+    ASCENDING_FIELD_NUMBER: _ClassVar[int]
+    board_id: int
+    period_start_us: int
+    ascending: bool
+    def __init__(self, board_id: _Optional[int] = ..., period_start_us: _Optional[int] = ..., ascending: _Optional[bool] = ...) -> None: ...
+
+class ShardUpdate(_message.Message):
+    __slots__ = ("board", "user_id", "score", "mode", "metadata", "request_id")
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    board: BoardPeriod
+    user_id: str
+    score: int
+    mode: _leaderboard_pb2.ScoreMode
+    metadata: bytes
+    request_id: str
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., user_id: _Optional[str] = ..., score: _Optional[int] = ..., mode: _Optional[_Union[_leaderboard_pb2.ScoreMode, str]] = ..., metadata: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class ApplyRequest(_message.Message):
     __slots__ = ("updates", "arrived_us")
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     ARRIVED_US_FIELD_NUMBER: _ClassVar[int]
-    updates: _containers.RepeatedCompositeFieldContainer[_leaderboard_pb2.SubmitScoreRequest]
+    updates: _containers.RepeatedCompositeFieldContainer[ShardUpdate]
     arrived_us: int
-    def __init__(self, updates: _Optional[_Iterable[_Union[_leaderboard_pb2.SubmitScoreRequest, _Mapping]]] = ..., arrived_us: _Optional[int] = ...) -> None: ...
+    def __init__(self, updates: _Optional[_Iterable[_Union[ShardUpdate, _Mapping]]] = ..., arrived_us: _Optional[int] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("results",)
@@ -22,27 +48,31 @@ class ApplyResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[_leaderboard_pb2.SubmitResult]
     def __init__(self, results: _Optional[_Iterable[_Union[_leaderboard_pb2.SubmitResult, _Mapping]]] = ...) -> None: ...
 
+class ShardRemoveRequest(_message.Message):
+    __slots__ = ("user_id", "board_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    BOARD_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    board_id: int
+    def __init__(self, user_id: _Optional[str] = ..., board_id: _Optional[int] = ...) -> None: ...
+
 class ShardEntry(_message.Message):
-    __slots__ = ("user_id", "display_name", "score", "reached_us")
+    __slots__ = ("user_id", "display_name", "score", "reached_us", "metadata", "position")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REACHED_US_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     display_name: str
     score: int
     reached_us: int
-    def __init__(self, user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., score: _Optional[int] = ..., reached_us: _Optional[int] = ...) -> None: ...
+    metadata: bytes
+    position: int
+    def __init__(self, user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., score: _Optional[int] = ..., reached_us: _Optional[int] = ..., metadata: _Optional[bytes] = ..., position: _Optional[int] = ...) -> None: ...
 
-class ShardTopRequest(_message.Message):
-    __slots__ = ("leaderboard", "limit")
-    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
-    LIMIT_FIELD_NUMBER: _ClassVar[int]
-    leaderboard: str
-    limit: int
-    def __init__(self, leaderboard: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
-
-class ShardTopResponse(_message.Message):
+class EntriesReply(_message.Message):
     __slots__ = ("entries", "total")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -50,43 +80,85 @@ class ShardTopResponse(_message.Message):
     total: int
     def __init__(self, entries: _Optional[_Iterable[_Union[ShardEntry, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
-class LookupRequest(_message.Message):
-    __slots__ = ("leaderboard", "user_id")
-    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
-    leaderboard: str
-    user_id: str
-    def __init__(self, leaderboard: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+class RangeRequest(_message.Message):
+    __slots__ = ("board", "start", "limit")
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    board: BoardPeriod
+    start: int
+    limit: int
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., start: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
-class LookupResponse(_message.Message):
-    __slots__ = ("entry", "ahead", "total")
-    ENTRY_FIELD_NUMBER: _ClassVar[int]
-    AHEAD_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_FIELD_NUMBER: _ClassVar[int]
-    entry: ShardEntry
-    ahead: int
-    total: int
-    def __init__(self, entry: _Optional[_Union[ShardEntry, _Mapping]] = ..., ahead: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+class SampleRequest(_message.Message):
+    __slots__ = ("board", "lo", "hi", "count")
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    board: BoardPeriod
+    lo: int
+    hi: int
+    count: int
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., lo: _Optional[int] = ..., hi: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
-class CountAheadRequest(_message.Message):
-    __slots__ = ("leaderboard", "score", "reached_us", "user_id")
-    LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
+class Position(_message.Message):
+    __slots__ = ("score", "reached_us", "user_id")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REACHED_US_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
-    leaderboard: str
     score: int
     reached_us: int
     user_id: str
-    def __init__(self, leaderboard: _Optional[str] = ..., score: _Optional[int] = ..., reached_us: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, score: _Optional[int] = ..., reached_us: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
 
-class CountAheadResponse(_message.Message):
-    __slots__ = ("ahead", "total")
+class CountRequest(_message.Message):
+    __slots__ = ("board", "positions")
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    board: BoardPeriod
+    positions: _containers.RepeatedCompositeFieldContainer[Position]
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., positions: _Optional[_Iterable[_Union[Position, _Mapping]]] = ...) -> None: ...
+
+class Counts(_message.Message):
+    __slots__ = ("ahead", "better")
     AHEAD_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BETTER_FIELD_NUMBER: _ClassVar[int]
     ahead: int
+    better: int
+    def __init__(self, ahead: _Optional[int] = ..., better: _Optional[int] = ...) -> None: ...
+
+class CountReply(_message.Message):
+    __slots__ = ("counts", "total")
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedCompositeFieldContainer[Counts]
     total: int
-    def __init__(self, ahead: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+    def __init__(self, counts: _Optional[_Iterable[_Union[Counts, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("board", "user_ids")
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    board: BoardPeriod
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PruneRequest(_message.Message):
+    __slots__ = ("board_id", "before_us", "drop_board")
+    BOARD_ID_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_US_FIELD_NUMBER: _ClassVar[int]
+    DROP_BOARD_FIELD_NUMBER: _ClassVar[int]
+    board_id: int
+    before_us: int
+    drop_board: bool
+    def __init__(self, board_id: _Optional[int] = ..., before_us: _Optional[int] = ..., drop_board: _Optional[bool] = ...) -> None: ...
+
+class PruneReply(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

@@ -46,20 +46,35 @@ class ShardServiceStub:
                 request_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserRequest.SerializeToString,
                 response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserResponse.FromString,
                 _registered_method=True)
-        self.Top = channel.unary_unary(
-                '/chronoscore.v1.ShardService/Top',
-                request_serializer=chronoscore_dot_v1_dot_shard__pb2.ShardTopRequest.SerializeToString,
-                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.ShardTopResponse.FromString,
+        self.Remove = channel.unary_unary(
+                '/chronoscore.v1.ShardService/Remove',
+                request_serializer=chronoscore_dot_v1_dot_shard__pb2.ShardRemoveRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.FromString,
+                _registered_method=True)
+        self.Range = channel.unary_unary(
+                '/chronoscore.v1.ShardService/Range',
+                request_serializer=chronoscore_dot_v1_dot_shard__pb2.RangeRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
+                _registered_method=True)
+        self.Sample = channel.unary_unary(
+                '/chronoscore.v1.ShardService/Sample',
+                request_serializer=chronoscore_dot_v1_dot_shard__pb2.SampleRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
+                _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/chronoscore.v1.ShardService/Count',
+                request_serializer=chronoscore_dot_v1_dot_shard__pb2.CountRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.CountReply.FromString,
                 _registered_method=True)
         self.Lookup = channel.unary_unary(
                 '/chronoscore.v1.ShardService/Lookup',
                 request_serializer=chronoscore_dot_v1_dot_shard__pb2.LookupRequest.SerializeToString,
-                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.LookupResponse.FromString,
+                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
                 _registered_method=True)
-        self.CountAhead = channel.unary_unary(
-                '/chronoscore.v1.ShardService/CountAhead',
-                request_serializer=chronoscore_dot_v1_dot_shard__pb2.CountAheadRequest.SerializeToString,
-                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.CountAheadResponse.FromString,
+        self.Prune = channel.unary_unary(
+                '/chronoscore.v1.ShardService/Prune',
+                request_serializer=chronoscore_dot_v1_dot_shard__pb2.PruneRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.PruneReply.FromString,
                 _registered_method=True)
         self.Describe = channel.unary_unary(
                 '/chronoscore.v1.ShardService/Describe',
@@ -72,7 +87,8 @@ class ShardServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Apply(self, request, context):
-        """Applies updates for users this shard owns, in order, as one group commit.
+        """Applies updates for users this shard owns, in order, as one group
+        commit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,22 +100,44 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Top(self, request, context):
-        """This shard's best entries, in rank order.
+    def Remove(self, request, context):
+        """Removes one user's entries from one leaderboard, or from all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Range(self, request, context):
+        """Entries from a local position on, in rank order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sample(self, request, context):
+        """Up to `count` entries evenly spaced over local positions [lo, hi).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """For each position, how many local entries rank strictly ahead of it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Lookup(self, request, context):
-        """A user's entry and how many of this shard's entries rank ahead of it.
+        """Users' entries with their local positions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CountAhead(self, request, context):
-        """How many of this shard's entries rank strictly ahead of a position.
+    def Prune(self, request, context):
+        """Drops periods of a leaderboard, or all of it, from memory and from
+        PostgreSQL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,20 +163,35 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     request_deserializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserRequest.FromString,
                     response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.UpsertUserResponse.SerializeToString,
             ),
-            'Top': grpc.unary_unary_rpc_method_handler(
-                    servicer.Top,
-                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.ShardTopRequest.FromString,
-                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.ShardTopResponse.SerializeToString,
+            'Remove': grpc.unary_unary_rpc_method_handler(
+                    servicer.Remove,
+                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.ShardRemoveRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.SerializeToString,
+            ),
+            'Range': grpc.unary_unary_rpc_method_handler(
+                    servicer.Range,
+                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.RangeRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.SerializeToString,
+            ),
+            'Sample': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sample,
+                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.SampleRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.CountRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.CountReply.SerializeToString,
             ),
             'Lookup': grpc.unary_unary_rpc_method_handler(
                     servicer.Lookup,
                     request_deserializer=chronoscore_dot_v1_dot_shard__pb2.LookupRequest.FromString,
-                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.LookupResponse.SerializeToString,
+                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.SerializeToString,
             ),
-            'CountAhead': grpc.unary_unary_rpc_method_handler(
-                    servicer.CountAhead,
-                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.CountAheadRequest.FromString,
-                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.CountAheadResponse.SerializeToString,
+            'Prune': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prune,
+                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.PruneRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.PruneReply.SerializeToString,
             ),
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
@@ -211,7 +264,7 @@ class ShardService:
             _registered_method=True)
 
     @staticmethod
-    def Top(request,
+    def Remove(request,
             target,
             options=(),
             channel_credentials=None,
@@ -224,9 +277,90 @@ class ShardService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chronoscore.v1.ShardService/Top',
-            chronoscore_dot_v1_dot_shard__pb2.ShardTopRequest.SerializeToString,
-            chronoscore_dot_v1_dot_shard__pb2.ShardTopResponse.FromString,
+            '/chronoscore.v1.ShardService/Remove',
+            chronoscore_dot_v1_dot_shard__pb2.ShardRemoveRequest.SerializeToString,
+            chronoscore_dot_v1_dot_leaderboard__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Range(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.ShardService/Range',
+            chronoscore_dot_v1_dot_shard__pb2.RangeRequest.SerializeToString,
+            chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.ShardService/Sample',
+            chronoscore_dot_v1_dot_shard__pb2.SampleRequest.SerializeToString,
+            chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chronoscore.v1.ShardService/Count',
+            chronoscore_dot_v1_dot_shard__pb2.CountRequest.SerializeToString,
+            chronoscore_dot_v1_dot_shard__pb2.CountReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -253,7 +387,7 @@ class ShardService:
             target,
             '/chronoscore.v1.ShardService/Lookup',
             chronoscore_dot_v1_dot_shard__pb2.LookupRequest.SerializeToString,
-            chronoscore_dot_v1_dot_shard__pb2.LookupResponse.FromString,
+            chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -265,7 +399,7 @@ class ShardService:
             _registered_method=True)
 
     @staticmethod
-    def CountAhead(request,
+    def Prune(request,
             target,
             options=(),
             channel_credentials=None,
@@ -278,9 +412,9 @@ class ShardService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chronoscore.v1.ShardService/CountAhead',
-            chronoscore_dot_v1_dot_shard__pb2.CountAheadRequest.SerializeToString,
-            chronoscore_dot_v1_dot_shard__pb2.CountAheadResponse.FromString,
+            '/chronoscore.v1.ShardService/Prune',
+            chronoscore_dot_v1_dot_shard__pb2.PruneRequest.SerializeToString,
+            chronoscore_dot_v1_dot_shard__pb2.PruneReply.FromString,
             options,
             channel_credentials,
             insecure,

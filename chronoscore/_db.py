@@ -1,0 +1,33 @@
+"""PostgreSQL connections shared by the shards and the coordinator."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+__all__ = ["make_pool", "is_unavailable"]
+
+
+def make_pool(
+    dsn: str, name: str, *, max_size: int, timeout: float
+) -> AsyncConnectionPool:
+    """A closed pool; ``await pool.open()`` before use.
+
+    Connections are checked when taken from the pool, so after
+    PostgreSQL restarts the next call reconnects instead of failing.
+    """
+    return AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=timeout,
+        check=AsyncConnectionPool.check_connection,
+        kwargs={"connect_timeout": max(1, round(timeout))},
+        name=name,
+    )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an exception means PostgreSQL could not be reached."""
+    return isinstance(exc, psycopg.OperationalError | PoolTimeout)

@@ -1,0 +1,363 @@
+"""Reads that span shards: top, rank, page, around, and friends' lists.
+
+Every shard holds a rank-ordered index of the users it owns. A user's
+global position is the sum over shards of the entries ahead of them,
+and every shard can count that for any position in O(log n), so exact
+global ranks cost one round of calls. Pages at any offset are found by
+a search over those counts (see :meth:`Reader.page`), not by pulling
+offset + limit entries from every shard.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+from chronoscore._keys import sort_key
+from chronoscore.errors import NotFound, Unavailable
+from chronoscore.v1 import leaderboard_pb2 as _pb
+from chronoscore.v1 import shard_pb2 as _shard_pb
+
+from .catalog import Board
+from .shards import ShardClients
+
+__all__ = ["Reader", "Ranked", "merge"]
+
+# Pivots each shard offers per round of the page search. More pivots
+# mean fewer rounds and larger messages; 64 finds a position among a
+# million entries per shard in about three rounds.
+_PIVOTS = 64
+
+# Below this offset a page is cheaper to cut from merged top lists.
+_SHALLOW = 1000
+
+# The search ends in a few rounds unless writes keep moving the entries.
+_MAX_ROUNDS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """An entry with its 0-based global position."""
+
+    entry: _shard_pb.ShardEntry
+    position: int
+
+
+def merge(
+    lists: Iterable[Sequence[_shard_pb.ShardEntry]], ascending: bool
+) -> list[_shard_pb.ShardEntry]:
+    """Merge rank-ordered per-shard lists. O(m log s) for m entries.
+
+    Each shard owns distinct users, so the lists never share an entry
+    and the merge needs no de-duplication.
+    """
+
+    def order(e: _shard_pb.ShardEntry) -> tuple[int, int, str]:
+        return sort_key(e.score, e.reached_us, e.user_id, ascending)
+
+    return list(heapq.merge(*lists, key=order))
+
+
+def _position(entry: _shard_pb.ShardEntry) -> _shard_pb.Position:
+    return _shard_pb.Position(
+        score=entry.score, reached_us=entry.reached_us, user_id=entry.user_id
+    )
+
+
+class Reader:
+    """Cross-shard reads of one period of one leaderboard."""
+
+    def __init__(
+        self, shards: ShardClients, board: Board, period: _shard_pb.BoardPeriod
+    ) -> None:
+        self.shards = shards
+        self.board = board
+        self.period = period
+
+    async def top(self, limit: int) -> tuple[list[Ranked], int]:
+        """The first ``limit`` entries and the total. One round of calls."""
+        return await self._slice({name: 0 for name in self.shards.stubs}, 0, limit)
+
+    async def rank(self, user_id: str) -> tuple[Ranked, int, int]:
+        """(entry with position, shared rank, total). Two rounds of calls."""
+        entry = await self.lookup(user_id)
+        counts, total = await self.count([_position(entry)])
+        ahead, better = counts[0]
+        return Ranked(entry, ahead), better + 1, total
+
+    async def lookup(self, user_id: str) -> _shard_pb.ShardEntry:
+        owner = self.shards.ring.owner(user_id)
+        reply = await self.shards.call(
+            owner,
+            self.shards.stubs[owner].Lookup,
+            _shard_pb.LookupRequest(board=self.period, user_ids=[user_id]),
+        )
+        if not reply.entries:
+            raise NotFound(
+                f"user {user_id!r} has no entry on {self.board.name!r} in this period"
+            )
+        entry: _shard_pb.ShardEntry = reply.entries[0]
+        return entry
+
+    async def count(
+        self, positions: list[_shard_pb.Position]
+    ) -> tuple[list[tuple[int, int]], int]:
+        """Global (ahead, better) for each position, and the total."""
+        replies = await self.shards.each(
+            lambda stub: stub.Count,
+            _shard_pb.CountRequest(board=self.period, positions=positions),
+        )
+        sums = [(0, 0)] * len(positions)
+        for reply in replies.values():
+            sums = [
+                (a + c.ahead, b + c.better)
+                for (a, b), c in zip(sums, reply.counts, strict=True)
+            ]
+        return sums, sum(r.total for r in replies.values())
+
+    async def counts_by_shard(
+        self, entry: _shard_pb.ShardEntry
+    ) -> tuple[dict[str, int], int]:
+        """Entries ahead of ``entry`` on each shard, and the total."""
+        replies = await self.shards.each(
+            lambda stub: stub.Count,
+            _shard_pb.CountRequest(board=self.period, positions=[_position(entry)]),
+        )
+        ahead = {name: reply.counts[0].ahead for name, reply in replies.items()}
+        return ahead, sum(r.total for r in replies.values())
+
+    async def page(self, offset: int, limit: int) -> tuple[list[Ranked], int]:
+        """Entries at global positions [offset, offset + limit), and the total.
+
+        Shallow pages are cut from merged top lists. Deeper ones first
+        find, for every shard, how many of its entries rank ahead of the
+        entry at ``offset``, then read ``limit`` entries from there on
+        each shard.
+
+        The search keeps, per shard, a range [lo, hi) of local positions
+        that must hold that count. Each round, every shard offers up to
+        64 pivot entries spread over its range, and every shard counts
+        the entries ahead of each pivot, which gives each pivot's exact
+        global position. A pivot at or before ``offset`` raises every
+        shard's lo to its count there; one after lowers hi. A pivot at
+        exactly ``offset`` ends the search. The ranges shrink about 64
+        times a round, so with s shards and n entries each a page costs
+        O(log n / log 64) rounds of two calls per shard, each call
+        O(64 s log n) on the shard, whatever the offset.
+        """
+        if offset + limit <= _SHALLOW:
+            ranked, total = await self._slice(
+                {name: 0 for name in self.shards.stubs}, 0, offset + limit
+            )
+            return ranked[offset:], total
+
+        starts, total = await self._boundary(offset)
+        if starts is None:
+            return [], total
+        return await self._slice(starts, offset, limit)
+
+    async def around(
+        self, user_id: str, above: int, below: int
+    ) -> tuple[list[Ranked], int, Ranked]:
+        """A window of above + 1 + below entries holding the user.
+
+        At either end of the ranking the window shifts so it stays full
+        (when there are enough entries), and it never repeats or skips a
+        user. Three rounds of calls.
+        """
+        entry = await self.lookup(user_id)
+        ahead, total = await self.counts_by_shard(entry)
+        position = sum(ahead.values())
+        width = above + below + 1
+        start = max(0, min(position - above, total - width))
+
+        # Any entry within `reach` global positions of the user is within
+        # `reach` local positions on its shard, so these slices hold the
+        # whole window.
+        reach = above + below
+        starts = {name: max(0, count - reach) for name, count in ahead.items()}
+        lists, _ = await self._ranges(starts, 2 * reach + 1)
+        merged = merge(lists.values(), self.board.ascending)
+        me = next((i for i, e in enumerate(merged) if e.user_id == user_id), None)
+        if me is None:
+            raise Unavailable(
+                f"user {user_id!r} moved while the window was read; try again"
+            )
+        first = max(0, me - (position - start))
+        window = [
+            Ranked(e, start + i) for i, e in enumerate(merged[first : first + width])
+        ]
+        return window, total, Ranked(entry, position)
+
+    async def entries(
+        self, user_ids: list[str]
+    ) -> tuple[list[tuple[Ranked, int]], list[str], int]:
+        """Given users' entries with (position, shared rank), best first.
+
+        Returns the ranked entries, the users without one, and the total.
+        Two rounds of calls.
+        """
+        by_owner: dict[str, list[str]] = {}
+        for user in user_ids:
+            by_owner.setdefault(self.shards.ring.owner(user), []).append(user)
+        replies = await self.shards.each(
+            lambda stub: stub.Lookup,
+            {
+                owner: _shard_pb.LookupRequest(board=self.period, user_ids=users)
+                for owner, users in by_owner.items()
+            },
+            shards=list(by_owner),
+        )
+        found = [e for reply in replies.values() for e in reply.entries]
+        names = {e.user_id for e in found}
+        missing = [u for u in user_ids if u not in names]
+        if not found:
+            _, total = await self.count([])
+            return [], missing, total
+
+        counts, total = await self.count([_position(e) for e in found])
+        ranked = sorted(
+            (
+                (Ranked(e, ahead), better + 1)
+                for e, (ahead, better) in zip(found, counts, strict=True)
+            ),
+            key=lambda pair: pair[0].position,
+        )
+        return ranked, missing, total
+
+    async def shared_rank_of_score(self, score: int) -> int:
+        """1 + the entries with a strictly better score than ``score``."""
+        counts, _ = await self.count(
+            [_shard_pb.Position(score=score, reached_us=0, user_id="")]
+        )
+        return counts[0][1] + 1
+
+    async def _slice(
+        self, starts: dict[str, int], offset: int, limit: int
+    ) -> tuple[list[Ranked], int]:
+        """Merge ``limit`` entries read from ``starts`` on every shard.
+
+        ``starts`` must be each shard's count of entries ahead of global
+        position ``offset``.
+        """
+        if limit <= 0:
+            _, total = await self.count([])
+            return [], total
+        lists, total = await self._ranges(starts, limit)
+        merged = merge(lists.values(), self.board.ascending)
+        ranked = [Ranked(e, offset + i) for i, e in enumerate(islice(merged, limit))]
+        return ranked, total
+
+    async def _ranges(
+        self, starts: dict[str, int], limit: int
+    ) -> tuple[dict[str, list[_shard_pb.ShardEntry]], int]:
+        replies = await self.shards.each(
+            lambda stub: stub.Range,
+            {
+                name: _shard_pb.RangeRequest(
+                    board=self.period, start=start, limit=min(limit, 1000)
+                )
+                for name, start in starts.items()
+            },
+            shards=list(starts),
+        )
+        total = sum(r.total for r in replies.values())
+        return {name: list(r.entries) for name, r in replies.items()}, total
+
+    async def _boundary(self, offset: int) -> tuple[dict[str, int] | None, int]:
+        """Each shard's count of entries ahead of global position ``offset``.
+
+        None if ``offset`` is at or past the end.
+        """
+        names = list(self.shards.stubs)
+        lo = dict.fromkeys(names, 0)
+        hi: dict[str, int] = {}
+        total = -1
+        for _ in range(_MAX_ROUNDS):
+            pivots = await self._pivots(lo, hi)
+            if total < 0:
+                total = sum(hi.values())
+                if offset >= total:
+                    return None, total
+            if not pivots:
+                # Every range is empty, so the counts are pinned.
+                return lo, total
+            counts = await self.shards.each(
+                lambda stub: stub.Count,
+                _shard_pb.CountRequest(
+                    board=self.period, positions=[_position(p) for _, p in pivots]
+                ),
+            )
+            for i, (owner, pivot) in enumerate(pivots):
+                here = {name: counts[name].counts[i].ahead for name in names}
+                place = sum(here.values())
+                if place == offset:
+                    return here, total
+                if place < offset:
+                    # The pivot itself is ahead of the boundary too.
+                    here[owner] = pivot.position + 1
+                    for name in names:
+                        lo[name] = max(lo[name], here[name])
+                else:
+                    for name in names:
+                        hi[name] = min(hi[name], here[name])
+        # Writes kept moving the boundary; the last bounds are close.
+        return lo, total
+
+    async def _pivots(
+        self, lo: dict[str, int], hi: dict[str, int]
+    ) -> list[tuple[str, _shard_pb.ShardEntry]]:
+        """Entries spread over each shard's [lo, hi); fills unknown hi."""
+        replies = await self.shards.each(
+            lambda stub: stub.Sample,
+            {
+                name: _shard_pb.SampleRequest(
+                    board=self.period,
+                    lo=lo[name],
+                    hi=hi.get(name, -1),
+                    count=_PIVOTS,
+                )
+                for name in lo
+            },
+        )
+        pivots: list[tuple[str, _shard_pb.ShardEntry]] = []
+        for name, reply in replies.items():
+            hi.setdefault(name, reply.total)
+            pivots.extend(
+                (name, e) for e in reply.entries if lo[name] <= e.position < hi[name]
+            )
+        return pivots
+
+
+def to_entries(
+    board: Board, ranked: list[Ranked], first_shared: int | None
+) -> list[_pb.Entry]:
+    """Public entries; ``first_shared`` is the first one's shared rank.
+
+    With shared ranks, an entry whose score equals the one before it
+    takes that entry's rank; any other takes its own position + 1.
+    """
+    out = []
+    rank = 0
+    previous: int | None = None
+    for i, item in enumerate(ranked):
+        e = item.entry
+        if not board.shared_ranks:
+            rank = item.position + 1
+        elif i == 0:
+            rank = first_shared or item.position + 1
+        elif e.score != previous:
+            rank = item.position + 1
+        previous = e.score
+        out.append(
+            _pb.Entry(
+                rank=rank,
+                user_id=e.user_id,
+                display_name=e.display_name,
+                score=e.score,
+                metadata=e.metadata,
+            )
+        )
+    return out
