@@ -14,6 +14,7 @@ from chronoscore.v1 import leaderboard_pb2 as pb
 from chronoscore.v1 import leaderboard_pb2_grpc as pb_grpc
 
 BOARD = "board"
+DAILY = "daily-board"
 BEST = pb.SCORE_MODE_BEST
 INCREMENT = pb.SCORE_MODE_INCREMENT
 
@@ -21,7 +22,20 @@ INCREMENT = pb.SCORE_MODE_INCREMENT
 @pytest.fixture
 def stub(cluster: LocalCluster) -> Iterator[pb_grpc.LeaderboardServiceStub]:
     channel = grpc.insecure_channel(cluster.target)
-    yield pb_grpc.LeaderboardServiceStub(channel)
+    stub = pb_grpc.LeaderboardServiceStub(channel)
+    for name, reset in (
+        (BOARD, pb.RESET_SCHEDULE_NONE),
+        (DAILY, pb.RESET_SCHEDULE_DAILY),
+    ):
+        config = pb.Leaderboard(
+            name=name,
+            reset=reset,
+            keep_periods=1 if reset == pb.RESET_SCHEDULE_DAILY else 0,
+        )
+        stub.CreateLeaderboard(
+            pb.CreateLeaderboardRequest(leaderboard=config), timeout=10
+        )
+    yield stub
     channel.close()
 
 
@@ -57,8 +71,10 @@ INVALID_UPDATES = [
     pytest.param(_update(leaderboard=""), ["leaderboard", "empty"], id="no-board"),
     pytest.param(_update(leaderboard="a b"), ["leaderboard"], id="space-board"),
     pytest.param(_update(score=None), ["score is required"], id="missing-score"),
-    pytest.param(_update(mode=0), ["mode is required"], id="unset-mode"),
     pytest.param(_update(mode=7), ["mode 7"], id="unknown-mode"),
+    pytest.param(_update(mode=-1), ["mode -1"], id="negative-mode"),
+    pytest.param(_update(metadata=b"x" * 1025), ["1025 bytes"], id="big-metadata"),
+    pytest.param(_update(request_id="r" * 129), ["request_id"], id="long-request-id"),
 ]
 
 
@@ -134,9 +150,9 @@ def test_increment_overflow_is_out_of_range(
 
 def test_unknown_user_rank_is_not_found(stub: pb_grpc.LeaderboardServiceStub) -> None:
     stub.SubmitScore(_update(user_id="known"), timeout=10)
-    for board, user in ((BOARD, "ghost"), ("other-board", "known")):
+    for board, user in ((BOARD, "ghost"), (DAILY, "known"), ("other-board", "known")):
         request = pb.GetRankRequest(leaderboard=board, user_id=user)
-        _expect(stub.GetRank, request, grpc.StatusCode.NOT_FOUND, user, board)
+        _expect(stub.GetRank, request, grpc.StatusCode.NOT_FOUND, board)
 
 
 @pytest.mark.parametrize("limit", [-1, 1001])
@@ -150,7 +166,7 @@ def test_top_limit_out_of_bounds(
 def test_top_of_empty_leaderboard_is_empty(
     stub: pb_grpc.LeaderboardServiceStub,
 ) -> None:
-    reply = stub.GetTop(pb.GetTopRequest(leaderboard="nobody-here"), timeout=10)
+    reply = stub.GetTop(pb.GetTopRequest(leaderboard=DAILY), timeout=10)
     assert list(reply.entries) == [] and reply.total == 0
 
 
@@ -175,3 +191,113 @@ def test_invalid_profile_is_rejected(
     request = pb.UpsertUserRequest(user_id=user, display_name=name)
     _expect(stub.UpsertUser, request, grpc.StatusCode.INVALID_ARGUMENT, *words)
     assert _rows(cluster.dsn) == before
+
+
+def test_unknown_leaderboard_is_not_found(
+    stub: pb_grpc.LeaderboardServiceStub, cluster: LocalCluster
+) -> None:
+    before = _rows(cluster.dsn)
+    request = _update(leaderboard="no-such-board")
+    _expect(stub.SubmitScore, request, grpc.StatusCode.NOT_FOUND, "no-such-board")
+    top = pb.GetTopRequest(leaderboard="no-such-board")
+    _expect(stub.GetTop, top, grpc.StatusCode.NOT_FOUND, "no-such-board")
+
+    # In a batch, the update for the unknown board fails on its own.
+    reply = stub.SubmitScores(
+        pb.SubmitScoresRequest(updates=[request, _update(user_id="ok")]), timeout=10
+    )
+    assert reply.results[0].failure.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert reply.results[1].applied.score == 1
+    assert len(_rows(cluster.dsn)) == len(before) + 1
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        (pb.Leaderboard(name=""), ["name"]),
+        (pb.Leaderboard(name="x", keep_periods=-1), ["keep_periods", "-1"]),
+        (
+            pb.Leaderboard(name="x", reset=pb.RESET_SCHEDULE_DAILY, keep_periods=1001),
+            ["keep_periods", "1001"],
+        ),
+        (pb.Leaderboard(name="x", keep_periods=2), ["never resets"]),
+        (pb.Leaderboard(name="x", sort_order=9), ["sort_order 9"]),
+        (pb.Leaderboard(name="x", operator=9), ["operator 9"]),
+        (pb.Leaderboard(name="x", tie_policy=9), ["tie_policy 9"]),
+        (pb.Leaderboard(name="x", reset=9), ["reset 9"]),
+    ],
+)
+def test_invalid_leaderboard_config(
+    stub: pb_grpc.LeaderboardServiceStub, config: pb.Leaderboard, words: list[str]
+) -> None:
+    request = pb.CreateLeaderboardRequest(leaderboard=config)
+    _expect(stub.CreateLeaderboard, request, grpc.StatusCode.INVALID_ARGUMENT, *words)
+    boards = stub.ListLeaderboards(pb.ListLeaderboardsRequest(), timeout=10)
+    assert sorted(b.name for b in boards.leaderboards) == [BOARD, DAILY]
+
+
+def test_recreating_with_another_config_already_exists(
+    stub: pb_grpc.LeaderboardServiceStub,
+) -> None:
+    same = pb.CreateLeaderboardRequest(leaderboard=pb.Leaderboard(name=BOARD))
+    assert stub.CreateLeaderboard(same, timeout=10).name == BOARD
+    other = pb.CreateLeaderboardRequest(
+        leaderboard=pb.Leaderboard(name=BOARD, sort_order=pb.SORT_ORDER_ASCENDING)
+    )
+    _expect(stub.CreateLeaderboard, other, grpc.StatusCode.ALREADY_EXISTS, BOARD)
+    got = stub.GetLeaderboard(pb.GetLeaderboardRequest(name=BOARD), timeout=10)
+    assert got.sort_order == pb.SORT_ORDER_DESCENDING
+
+
+@pytest.mark.parametrize(
+    ("label", "code", "words"),
+    [
+        ("yesterday", grpc.StatusCode.INVALID_ARGUMENT, ["YYYY-MM-DD"]),
+        ("2026-02-30", grpc.StatusCode.INVALID_ARGUMENT, ["2026-02"]),
+        ("9999-12-31", grpc.StatusCode.OUT_OF_RANGE, ["not started"]),
+        ("2001-01-01", grpc.StatusCode.NOT_FOUND, ["no longer kept"]),
+    ],
+)
+def test_bad_periods(
+    stub: pb_grpc.LeaderboardServiceStub,
+    label: str,
+    code: grpc.StatusCode,
+    words: list[str],
+) -> None:
+    request = pb.GetTopRequest(leaderboard=DAILY, period=label)
+    _expect(stub.GetTop, request, code, *words)
+    never = pb.GetTopRequest(leaderboard=BOARD, period="2026-01-01")
+    _expect(stub.GetTop, never, grpc.StatusCode.INVALID_ARGUMENT, "never resets")
+
+
+def test_query_limits(stub: pb_grpc.LeaderboardServiceStub) -> None:
+    stub.SubmitScore(_update(user_id="me"), timeout=10)
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    for above, below in ((101, 0), (0, 101), (-1, 0)):
+        request = pb.GetAroundRequest(
+            leaderboard=BOARD, user_id="me", above=above, below=below
+        )
+        _expect(stub.GetAround, request, invalid, "between 0 and 100")
+    _expect(
+        stub.GetPage, pb.GetPageRequest(leaderboard=BOARD, offset=-1), invalid, "offset"
+    )
+    _expect(
+        stub.GetPage,
+        pb.GetPageRequest(leaderboard=BOARD, limit=1001),
+        invalid,
+        "limit",
+    )
+    many = pb.GetEntriesRequest(
+        leaderboard=BOARD, user_ids=[f"u{i}" for i in range(1001)]
+    )
+    _expect(stub.GetEntries, many, invalid, "1000")
+    none = pb.GetEntriesRequest(leaderboard=BOARD)
+    _expect(stub.GetEntries, none, invalid, "empty")
+    watch = pb.WatchTopRequest(leaderboard=BOARD, min_interval_ms=50)
+    with pytest.raises(grpc.RpcError) as caught:
+        next(iter(stub.WatchTop(watch, timeout=10)))
+    assert caught.value.code() == invalid
+
+    # An offset past the end is an empty page, not an error.
+    past = stub.GetPage(pb.GetPageRequest(leaderboard=BOARD, offset=10**12), timeout=10)
+    assert list(past.entries) == [] and past.total == 1

@@ -8,6 +8,7 @@ and a plain dict models what each score should be after each mode.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,16 @@ from chronoscore._ring import Ring
 from .oracle import ranked, scores
 
 BOARD = "season"
+
+
+@pytest.fixture(autouse=True)
+def _board(client: Client) -> None:
+    client.create_leaderboard(BOARD)
+
+
+def _submit(client: Client, *args: Any) -> tuple[int | None, bool]:
+    result = client.submit_score(*args)
+    return result.score, result.changed
 
 
 def _model_apply(model: dict[str, int], update: Update) -> int:
@@ -49,7 +60,7 @@ def _random_updates(rng: random.Random, users: int, count: int) -> list[Update]:
 
 def _assert_matches_oracle(client: Client, dsn: str) -> None:
     expected = ranked(dsn, BOARD)
-    top = client.top(BOARD, 1000)
+    top = client.top(BOARD, 1000).entries
     assert [(e.user_id, e.score, e.rank) for e in top] == expected[:1000]
     for user_id, score, rank in expected:
         found = client.rank(BOARD, user_id)
@@ -72,10 +83,10 @@ def test_ranks_and_top_equal_sql_window_order(
             assert result.ok
             assert result.score == _model_apply(model, update)
     for update in updates[1500:]:
-        score, _ = client.submit_score(
+        result = client.submit_score(
             update.leaderboard, update.user_id, update.score, update.mode
         )
-        assert score == _model_apply(model, update)
+        assert result.score == _model_apply(model, update)
 
     assert scores(cluster.dsn, BOARD) == model
     _assert_matches_oracle(client, cluster.dsn)
@@ -95,7 +106,7 @@ def test_top_merges_equal_scores_across_shards(
     # One batch reaches every shard with one arrival time. Each shard
     # stamps its users in batch order, so equal times only occur across
     # shards, where the user id decides.
-    top = client.top(BOARD, 100)
+    top = client.top(BOARD, 100).entries
     expected = ranked(cluster.dsn, BOARD)
     assert [e.user_id for e in top] == [user for user, _, _ in expected]
     assert [e.rank for e in top] == list(range(1, 61))
@@ -111,11 +122,11 @@ def test_top_merges_equal_scores_across_shards(
 def test_unchanged_score_keeps_its_place(client: Client, dsn: str) -> None:
     client.submit_score(BOARD, "first", 50, "set")
     client.submit_score(BOARD, "second", 50, "set")
-    assert client.submit_score(BOARD, "first", 40, "best") == (50, False)
-    assert client.submit_score(BOARD, "first", 50, "set") == (50, False)
-    assert client.submit_score(BOARD, "first", 0, "increment") == (50, False)
+    assert _submit(client, BOARD, "first", 40, "best") == (50, False)
+    assert _submit(client, BOARD, "first", 50, "set") == (50, False)
+    assert _submit(client, BOARD, "first", 0, "increment") == (50, False)
 
-    assert [e.user_id for e in client.top(BOARD)] == ["first", "second"]
+    assert [e.user_id for e in client.top(BOARD).entries] == ["first", "second"]
     assert client.rank(BOARD, "first").entry.rank == 1
     _assert_matches_oracle(client, dsn)
 
@@ -131,9 +142,9 @@ def test_int64_extremes_are_exact(client: Client, dsn: str) -> None:
         "neg": -1,
     }
     for user, value in values.items():
-        assert client.submit_score(BOARD, user, value, "set") == (value, True)
+        assert _submit(client, BOARD, user, value, "set") == (value, True)
 
-    order = [e.user_id for e in client.top(BOARD)]
+    order = [e.user_id for e in client.top(BOARD).entries]
     assert order == ["max", "big+1", "big", "zero", "neg", "min"]
     assert client.rank(BOARD, "big+1").entry.score == big + 1
     _assert_matches_oracle(client, dsn)
@@ -146,7 +157,7 @@ def test_display_names_come_with_entries(client: Client, users: int) -> None:
         client.submit_score(BOARD, f"p{i}", i, "set")
     client.upsert_user("p0", "Renamed")
 
-    top = client.top(BOARD)
+    top = client.top(BOARD).entries
     names = {e.user_id: e.display_name for e in top}
     assert names["p0"] == "Renamed"
     assert all(names[f"p{i}"] == f"Player {i}" for i in range(1, users))

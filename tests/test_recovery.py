@@ -30,9 +30,10 @@ def test_full_restart_keeps_scores_and_ranks(dsn: str, tmp_path: Path) -> None:
 
     with LocalCluster(dsn, 3, workdir=tmp_path / "a") as cluster:
         with Client(cluster.target) as client:
+            client.create_leaderboard(BOARD)
             client.upsert_user("u1", "One")
             assert all(r.ok for r in client.submit_scores(updates))
-            before_top = client.top(BOARD, 1000)
+            before_top = client.top(BOARD, 1000).entries
             before_ranks = {
                 e.user_id: client.rank(BOARD, e.user_id) for e in before_top
             }
@@ -40,7 +41,7 @@ def test_full_restart_keeps_scores_and_ranks(dsn: str, tmp_path: Path) -> None:
     # Every process is new: the indexes come back from PostgreSQL alone.
     with LocalCluster(dsn, 3, workdir=tmp_path / "b") as cluster:
         with Client(cluster.target) as client:
-            assert client.top(BOARD, 1000) == before_top
+            assert client.top(BOARD, 1000).entries == before_top
             for user, found in before_ranks.items():
                 assert client.rank(BOARD, user) == found
     assert [(e.user_id, e.score, e.rank) for e in before_top] == ranked(dsn, BOARD)
@@ -67,7 +68,10 @@ def _writer(
                 acked[user] = acked.get(user, 0) + 1
 
 
-def test_kill_9_loses_no_acknowledged_write(cluster: LocalCluster) -> None:
+def test_kill_9_loses_no_acknowledged_write(
+    cluster: LocalCluster, client: Client
+) -> None:
+    client.create_leaderboard(BOARD)
     ring = Ring(cluster.names)
     victim = cluster.names[1]
     users = [f"w{i}" for i in range(60)]
@@ -105,13 +109,14 @@ def test_kill_9_loses_no_acknowledged_write(cluster: LocalCluster) -> None:
 
 
 def test_shard_down_gives_unavailable(cluster: LocalCluster, client: Client) -> None:
+    client.create_leaderboard(BOARD)
     client.submit_score(BOARD, "x", 1, "set")
     victim = cluster.names[0]
     cluster.kill(victim, signal.SIGKILL)
 
     started = time.monotonic()
     try:
-        client.top(BOARD)
+        client.top(BOARD).entries
     except Unavailable as exc:
         assert victim in str(exc)
     else:
@@ -120,7 +125,7 @@ def test_shard_down_gives_unavailable(cluster: LocalCluster, client: Client) -> 
 
     # Once the shard is back, the coordinator reconnects by itself.
     cluster.start_shard(victim)
-    assert _eventually(lambda: client.top(BOARD))[0].user_id == "x"
+    assert _eventually(lambda: client.top(BOARD).entries)[0].user_id == "x"
 
 
 def _eventually(call: Callable[[], T], seconds: float = 10.0) -> T:
