@@ -10,7 +10,7 @@ from pathlib import Path
 from grpc import aio
 
 from chronoscore._logging import configure_logging
-from chronoscore._server import listen, serve_until_stopped
+from chronoscore._server import SERVER_OPTIONS, listen, serve_until_stopped
 from chronoscore.errors import ChronoscoreError, InvalidArgument
 from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
 
@@ -46,7 +46,7 @@ async def serve(
 ) -> None:
     """Serve the public API until SIGINT or SIGTERM."""
     clients = ShardClients(shards)
-    server = aio.server()
+    server = aio.server(options=SERVER_OPTIONS)
     _grpc.add_LeaderboardServiceServicer_to_server(LeaderboardServicer(clients), server)
     bound = listen(server, host, port)
     logger.info("coordinator routing to shards %s", ", ".join(sorted(shards)))

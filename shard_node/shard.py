@@ -34,6 +34,7 @@ from chronoscore.errors import (
 from chronoscore.v1 import leaderboard_pb2 as _pb
 
 from .index import IndexEntry, LeaderboardIndex
+from .lease import ShardLease
 from .store import ProfileRow, ScoreRow, Store, is_unavailable
 
 __all__ = ["Shard", "Applied", "Outcome"]
@@ -73,24 +74,34 @@ class Shard:
     """The users, indexes and profiles of one shard."""
 
     def __init__(
-        self, name: str, ring: Ring, store: Store, *, max_batch: int = 20_000
+        self,
+        name: str,
+        ring: Ring,
+        store: Store,
+        lease: ShardLease,
+        *,
+        max_batch: int = 20_000,
     ) -> None:
         if name not in ring.shards:
             raise FailedPrecondition(f"shard {name!r} is not in the ring {ring!r}")
         self.name = name
         self.ring = ring
         self.store = store
+        self.lease = lease
         self.max_batch = max_batch
         self.indexes: dict[str, LeaderboardIndex] = {}
         self.profiles: dict[str, str] = {}
         self._last_reached_us = 0
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=10_000)
         self._loop_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the store, migrate, rebuild the indexes, start committing."""
         started = time.perf_counter()
         await self.store.open()
+        await self.lease.acquire()
+        self._lease_task = asyncio.create_task(self.lease.hold())
         await self.store.migrate()
         snapshot = await self.store.load(self.ring.slots_of(self.name))
         self.indexes = snapshot.indexes
@@ -111,6 +122,9 @@ class Shard:
             await self._queue.put(_STOP)
             await self._loop_task
             self._loop_task = None
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        await self.lease.release()
         await self.store.close()
 
     # Writes
@@ -175,9 +189,17 @@ class Shard:
 
     @property
     def failed(self) -> asyncio.Future[None]:
-        """Completes if the commit loop dies; the shard must then exit."""
-        assert self._loop_task is not None, "start() first"
-        return self._loop_task
+        """Completes if the commit loop dies or the shard loses its lease;
+        the shard must then exit."""
+        assert self._loop_task is not None and self._lease_task is not None
+        tasks = (self._loop_task, self._lease_task)
+
+        async def first() -> None:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+
+        return asyncio.ensure_future(first())
 
     async def _commit(self, jobs: list[_Job]) -> None:
         # Results are computed against the indexes plus the changes made
