@@ -6,6 +6,7 @@ own, and the tests run them to kill and restart real processes.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -27,10 +28,31 @@ logger = logging.getLogger("chronoscore.cluster")
 
 
 def default_data_dir() -> Path:
-    """Where ``chronoscore up`` keeps its embedded PostgreSQL by default."""
+    """Where ``chronoscore up`` keeps its embedded PostgreSQL by default.
+
+    As root, /var/lib/chronoscore: pgserver then runs PostgreSQL as an
+    unprivileged user and opens every parent directory of the data to
+    it, which must not include root's home.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/chronoscore")
     import platformdirs
 
     return Path(platformdirs.user_data_dir("chronoscore"))
+
+
+def _die_with_parent() -> None:
+    """In a child: get SIGTERM when the supervisor dies, even by SIGKILL.
+
+    Without it a killed ``chronoscore up`` would leave its shards
+    serving with nobody to stop them. Linux only; elsewhere a no-op.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @contextmanager
@@ -239,6 +261,7 @@ class LocalCluster:
             stderr=stderr,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         if stderr is not None:
             stderr.close()

@@ -19,7 +19,15 @@ from grpc import aio
 
 from .errors import ChronoscoreError, FailedPrecondition
 
-__all__ = ["rpc", "listen", "serve_until_stopped"]
+__all__ = ["rpc", "listen", "serve_until_stopped", "SERVER_OPTIONS"]
+
+# gRPC turns SO_REUSEPORT on by default, which lets a second server bind a
+# port already in use and take half its connections. A port must have
+# one owner, so binding a busy one fails instead.
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
 
 logger = logging.getLogger("chronoscore.server")
 

@@ -504,5 +504,5 @@ def _fail(args: argparse.Namespace, exc: ChronoscoreError) -> None:
         error = {"error": {"code": code, "message": str(exc)}}
         sys.stderr.write(json.dumps(error) + "\n")
     else:
-        Console(stderr=True).print(f"error: {code}: {exc}", markup=False)
+        sys.stderr.write(f"error: {code}: {exc}\n")
     raise SystemExit(1)

@@ -13,10 +13,11 @@ from grpc import aio
 from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
 from chronoscore._ring import Ring
-from chronoscore._server import listen, serve_until_stopped
+from chronoscore._server import SERVER_OPTIONS, listen, serve_until_stopped
 from chronoscore.errors import ChronoscoreError
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
+from .lease import ShardLease
 from .service import ShardServicer
 from .shard import Shard
 from .store import Store
@@ -36,10 +37,10 @@ async def serve(
     port_file: Path | None = None,
 ) -> None:
     """Serve one shard until SIGINT or SIGTERM."""
-    shard = Shard(name, ring, Store(dsn))
+    shard = Shard(name, ring, Store(dsn), ShardLease(dsn, name))
     await shard.start()
 
-    server = aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    server = aio.server(options=SERVER_OPTIONS)
     _shard_grpc.add_ShardServiceServicer_to_server(ShardServicer(shard), server)
     bound = listen(server, host, port)
     await serve_until_stopped(

@@ -35,6 +35,7 @@ from chronoscore.errors import (
 from chronoscore.v1 import leaderboard_pb2 as _pb
 
 from .index import IndexEntry, LeaderboardIndex
+from .lease import ShardLease
 from .store import (
     Batch,
     BoardKey,
@@ -118,7 +119,13 @@ class Shard:
     """The users, indexes and profiles of one shard."""
 
     def __init__(
-        self, name: str, ring: Ring, store: Store, *, max_batch: int = 20_000
+        self,
+        name: str,
+        ring: Ring,
+        store: Store,
+        lease: ShardLease,
+        *,
+        max_batch: int = 20_000,
     ) -> None:
         if name not in ring.shards:
             raise FailedPrecondition(f"shard {name!r} is not in the ring {ring!r}")
@@ -126,6 +133,7 @@ class Shard:
         self.ring = ring
         self.slots = ring.slots_of(name)
         self.store = store
+        self.lease = lease
         self.max_batch = max_batch
         self.indexes: dict[BoardKey, LeaderboardIndex] = {}
         self.profiles: dict[str, str] = {}
@@ -134,11 +142,14 @@ class Shard:
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=10_000)
         self._loop_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the store, migrate, rebuild the indexes, start committing."""
         started = time.perf_counter()
         await self.store.open()
+        await self.lease.acquire()
+        self._lease_task = asyncio.create_task(self.lease.hold())
         await self.store.migrate()
         snapshot = await self.store.load(self.slots)
         self.indexes = snapshot.indexes
@@ -162,13 +173,10 @@ class Shard:
             await self._queue.put(_STOP)
             await self._loop_task
             self._loop_task = None
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        await self.lease.release()
         await self.store.close()
-
-    @property
-    def failed(self) -> asyncio.Future[None]:
-        """Completes if the commit loop dies; the shard must then exit."""
-        assert self._loop_task is not None, "start() first"
-        return self._loop_task
 
     # Writes
 
@@ -253,6 +261,20 @@ class Shard:
                 error = ChronoscoreError(f"shard {self.name} failed; it will restart")
                 _answer_all(jobs, error)
                 raise
+
+    @property
+    def failed(self) -> asyncio.Future[None]:
+        """Completes if the commit loop dies or the shard loses its lease;
+        the shard must then exit."""
+        assert self._loop_task is not None and self._lease_task is not None
+        tasks = (self._loop_task, self._lease_task)
+
+        async def first() -> None:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+
+        return asyncio.ensure_future(first())
 
     async def _commit(self, jobs: list[_Job]) -> None:
         try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -116,7 +119,7 @@ def test_shard_down_gives_unavailable(cluster: LocalCluster, client: Client) -> 
 
     started = time.monotonic()
     try:
-        client.top(BOARD).entries
+        client.top(BOARD)
     except Unavailable as exc:
         assert victim in str(exc)
     else:
@@ -137,3 +140,66 @@ def _eventually(call: Callable[[], T], seconds: float = 10.0) -> T:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_second_process_for_a_shard_is_refused(cluster: LocalCluster) -> None:
+    name = cluster.names[0]
+    # Same name and database, a different port: the shard's lock says no.
+    result = subprocess.run(
+        [sys.executable, "-m", "shard_node", "--name", name]
+        + ["--ring", ",".join(cluster.names), "--dsn", cluster.dsn, "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "already running against this database" in result.stderr
+
+    # Same port: it is taken, not shared.
+    port = cluster.shard_ports[name]
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator", "--port", str(port)]
+        + ["--shards", f"{name}=127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_killed_supervisor_takes_its_processes_with_it(
+    dsn: str, tmp_path: Path
+) -> None:
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from chronoscore._cluster import LocalCluster\n"
+        f"c = LocalCluster({dsn!r}, 2, workdir=Path({str(tmp_path)!r})).start()\n"
+        "print(' '.join(str(p.pid) for p in c.processes.values()), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    )
+    assert supervisor.stdout is not None
+    pids = [int(p) for p in supervisor.stdout.readline().split()]
+    assert len(pids) == 3
+    supervisor.kill()
+    supervisor.wait()
+    supervisor.stdout.close()
+
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent (now init) has yet to reap it.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
