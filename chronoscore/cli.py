@@ -463,7 +463,7 @@ def _demo_baseball(args: argparse.Namespace) -> None:
                 "replay_seconds": result.replay_seconds,
                 "total_seconds": elapsed,
                 "top": {
-                    board: [asdict(e) for e in entries]
+                    board: [_entry_json(e) for e in entries]
                     for board, entries in result.top.items()
                 },
             }
