@@ -1,0 +1,235 @@
+"""Deep pages, window edges, periods, request ids and live pushes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from chronoscore import Client, Page, Update
+from chronoscore._cluster import LocalCluster
+from chronoscore._periods import Reset, period_of
+from chronoscore._ring import Ring, slot_of
+from chronoscore._validate import Update as CheckedUpdate
+from chronoscore.v1 import leaderboard_pb2 as pb
+from coordinator.catalog import Board
+from coordinator.service import _shard_update
+from shard_node.store import Store
+
+from .oracle import ranked
+
+
+def _fill(client: Client, board: str, users: int, seed: int) -> None:
+    rng = random.Random(seed)
+    updates = [
+        Update(board, f"p{i:05d}", rng.choice([10, 20, 20, 30, 40]), "set")
+        for i in range(users)
+    ]
+    for start in range(0, users, 1000):
+        assert all(r.ok for r in client.submit_scores(updates[start : start + 1000]))
+
+
+def test_deep_pages_equal_sql_order(client: Client, cluster: LocalCluster) -> None:
+    client.create_leaderboard("deep")
+    _fill(client, "deep", 3000, seed=5)
+    rows = ranked(cluster.dsn, "deep")
+    rng = random.Random(9)
+    offsets = [0, 999, 1000, 1001, 1500, 2999] + rng.sample(range(1000, 3000), 25)
+
+    split_runs = 0
+    for offset in offsets:
+        limit = rng.randrange(1, 60)
+        page = client.page("deep", offset, limit)
+        want = rows[offset : offset + limit]
+        assert [(e.user_id, e.score, e.rank) for e in page.entries] == want
+        assert page.total == 3000
+        if 0 < offset < 3000 and rows[offset - 1][1] == rows[offset][1]:
+            split_runs += 1
+    # Most pages start inside a run of equal scores, which is the case
+    # that needs the exact per-shard boundary.
+    assert split_runs > 10
+
+    assert client.page("deep", 3000, 10).entries == []
+    assert client.page("deep", 10**15, 10).entries == []
+
+
+def test_around_shifts_at_both_ends(client: Client, cluster: LocalCluster) -> None:
+    client.create_leaderboard("edges")
+    _fill(client, "edges", 40, seed=3)
+    rows = ranked(cluster.dsn, "edges")
+    first, last = rows[0][0], rows[-1][0]
+
+    top = client.around("edges", first, above=3, below=2)
+    assert [e.user_id for e in top.entries] == [r[0] for r in rows[:6]]
+    bottom = client.around("edges", last, above=2, below=3)
+    assert [e.user_id for e in bottom.entries] == [r[0] for r in rows[-6:]]
+    middle = client.around("edges", rows[20][0], above=2, below=2)
+    assert [e.rank for e in middle.entries] == [19, 20, 21, 22, 23]
+    whole = client.around("edges", rows[5][0], above=100, below=100)
+    assert [e.user_id for e in whole.entries] == [r[0] for r in rows]
+
+
+def _daily() -> Board:
+    return Board(1, "daily", False, pb.SCORE_MODE_BEST, 1, pb.RESET_SCHEDULE_DAILY, 1)
+
+
+def _at(text: str) -> int:
+    moment = datetime.fromisoformat(text).replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+def test_update_period_is_its_arrival_day_in_utc() -> None:
+    update = CheckedUpdate("daily", "u", 1, 0, None, "")
+    late = _shard_update(update, _daily(), _at("2026-03-01T23:59:59.999999"))
+    early = _shard_update(update, _daily(), _at("2026-03-02T00:00:00"))
+    assert late.board.period_start_us == _at("2026-03-01T00:00:00")
+    assert early.board.period_start_us == _at("2026-03-02T00:00:00")
+    assert late.mode == pb.SCORE_MODE_BEST
+
+
+def test_past_periods_age_out_even_across_restarts(dsn: str, tmp_path: Path) -> None:
+    now_us = time.time_ns() // 1000
+    today = period_of(Reset.DAILY, now_us)
+    yesterday = period_of(Reset.DAILY, today.start_us - 1)
+    long_ago = period_of(Reset.DAILY, today.start_us - 5 * 86_400_000_000)
+
+    with LocalCluster(dsn, 3, workdir=tmp_path / "a") as cluster:
+        with Client(cluster.target) as client:
+            client.create_leaderboard("daily", reset="daily", keep_periods=1)
+            client.submit_score("daily", "today", 5)
+
+    # Rows of earlier periods, as if written on those days.
+    with psycopg.connect(dsn) as conn:
+        (board_id,) = conn.execute(
+            "SELECT id FROM leaderboards WHERE name = 'daily'"
+        ).fetchone()  # type: ignore[misc]
+        for user, period in (("yday", yesterday), ("old", long_ago)):
+            conn.execute(
+                "INSERT INTO user_score (board_id, user_id, slot,"
+                " period_start_us, score, reached_us) VALUES (%s, %s, %s, %s, 7, %s)",
+                [board_id, user, slot_of(user), period.start_us, period.start_us],
+            )
+
+    with LocalCluster(dsn, 3, workdir=tmp_path / "b") as cluster:
+        with Client(cluster.target) as client:
+            current = client.top("daily")
+            assert [e.user_id for e in current.entries] == ["today"]
+            assert current.period.label == today.label
+            past = client.top("daily", period=yesterday.label)
+            assert [e.user_id for e in past.entries] == ["yday"]
+            with pytest.raises(Exception, match="no longer kept"):
+                client.top("daily", period=long_ago.label)
+
+    # The coordinator pruned the aged-out period from PostgreSQL too.
+    with psycopg.connect(dsn) as conn:
+        users = conn.execute("SELECT user_id FROM user_score ORDER BY 1").fetchall()
+    assert users == [("today",), ("yday",)]
+
+
+def test_request_id_survives_a_shard_restart(
+    cluster: LocalCluster, client: Client
+) -> None:
+    client.create_leaderboard("coins", operator="increment")
+    first = client.submit_score("coins", "payer", 10, request_id="pay-1")
+    assert (first.score, first.replayed) == (10, False)
+
+    owner = Ring(cluster.names).owner("payer")
+    cluster.kill(owner, signal.SIGKILL)
+    cluster.start_shard(owner)
+
+    again = _eventually(
+        lambda: client.submit_score("coins", "payer", 10, request_id="pay-1")
+    )
+    assert (again.score, again.replayed) == (10, True)
+    assert client.rank("coins", "payer").entry.score == 10
+    other = client.submit_score("coins", "payer", 10, request_id="pay-2")
+    assert other.score == 20
+
+
+def test_request_ids_are_kept_for_a_day(dsn: str, cluster: LocalCluster) -> None:
+    with psycopg.connect(dsn) as conn:
+        for user, hours in (("fresh", 1), ("day-old", 25), ("stale", 49)):
+            conn.execute(
+                "INSERT INTO request_log VALUES"
+                " (%s, 'r', %s, 1, 0, 1, true, now() - make_interval(hours => %s))",
+                [user, slot_of(user), hours],
+            )
+
+    async def expire() -> int:
+        store = Store(dsn)
+        await store.open()
+        try:
+            return await store.expire_requests(list(range(16384)), 48)
+        finally:
+            await store.close()
+
+    assert asyncio.run(expire()) == 1
+    with psycopg.connect(dsn) as conn:
+        left = conn.execute("SELECT user_id FROM request_log ORDER BY 1").fetchall()
+    assert left == [("day-old",), ("fresh",)]
+
+
+def test_watch_top_pushes_changes_and_survives_a_shard_restart(
+    cluster: LocalCluster, client: Client
+) -> None:
+    client.create_leaderboard("live")
+    pages: list[Page] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with Client(cluster.target) as watcher:
+            for page in watcher.watch_top("live", limit=3, min_interval_ms=100):
+                pages.append(page)
+                if stop.is_set():
+                    return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    client.submit_score("live", "a", 10)
+    _wait_for(pages, ["a"])
+    client.submit_score("live", "b", 20)
+    _wait_for(pages, ["b", "a"])
+
+    owner = Ring(cluster.names).owner("a")
+    cluster.kill(owner, signal.SIGKILL)
+    time.sleep(0.5)
+    cluster.start_shard(owner)
+    _eventually(lambda: client.submit_score("live", "a", 30))
+    _wait_for(pages, ["a", "b"])
+
+    # Pushes come only on change: no two in a row are the same.
+    tops = [[e.user_id for e in p.entries] for p in pages]
+    assert all(x != y for x, y in zip(tops, tops[1:], strict=False))
+    stop.set()
+    client.submit_score("live", "c", 40)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def _wait_for(pages: list[Page], users: list[str], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pages and [e.user_id for e in pages[-1].entries] == users:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never saw {users}; last {pages[-1:]}")
+
+
+def _eventually(call, seconds: float = 15.0):  # type: ignore[no-untyped-def]
+    from chronoscore import Unavailable
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
