@@ -11,6 +11,7 @@ about 1/N of the slots, and a slot's users always move together.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from collections.abc import Iterable
@@ -19,7 +20,11 @@ from uhashring import HashRing
 
 from .errors import InvalidArgument
 
-__all__ = ["SLOT_COUNT", "Ring", "slot_of", "check_shard_name"]
+__all__ = ["SLOT_COUNT", "RING_HEADER", "Ring", "slot_of", "check_shard_name"]
+
+# gRPC metadata key with which the coordinator tells a shard its ring's
+# fingerprint; a shard with another ring refuses the call.
+RING_HEADER = "x-chronoscore-ring"
 
 SLOT_COUNT = 16384
 
@@ -57,6 +62,12 @@ class Ring:
         self._owners: tuple[str, ...] = tuple(
             ring.get_node(f"slot-{slot}") for slot in range(SLOT_COUNT)
         )
+
+    @property
+    def fingerprint(self) -> str:
+        """A short digest of the shard names; equal rings, equal digests."""
+        digest = hashlib.sha256(",".join(self.shards).encode()).hexdigest()
+        return digest[:16]
 
     def owner(self, user_id: str) -> str:
         """The shard that owns a user. O(len(user_id))."""

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
+from ._ring import RING_HEADER, Ring
 from .errors import ChronoscoreError, FailedPrecondition
 
-__all__ = ["rpc", "listen", "serve_until_stopped", "SERVER_OPTIONS"]
+__all__ = ["rpc", "listen", "serve_until_stopped", "SERVER_OPTIONS", "RingCheck"]
 
 # gRPC turns SO_REUSEPORT on by default, which lets a second server bind a
 # port already in use and take half its connections. A port must have
@@ -103,3 +104,33 @@ async def serve_until_stopped(
     if on_stop is not None:
         await on_stop()
     logger.info("%s stopped", name)
+
+
+class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuse calls from a coordinator whose ring differs from ours.
+
+    A coordinator with another ring would route users to shards that do
+    not own them and sum ranks over the wrong set of shards.
+    """
+
+    def __init__(self, ring: Ring) -> None:
+        self.fingerprint = ring.fingerprint
+        shards = ", ".join(ring.shards)
+
+        async def refuse(request: object, context: aio.ServicerContext) -> None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this shard's ring is [{shards}]; the caller's differs",
+            )
+
+        self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        metadata = dict(details.invocation_metadata or ())
+        if metadata.get(RING_HEADER) != self.fingerprint:
+            return self._refuse
+        return await continuation(details)

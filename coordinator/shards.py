@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from chronoscore._ring import Ring
+from chronoscore._ring import RING_HEADER, Ring
 from chronoscore.errors import ChronoscoreError, Unavailable, from_status
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
@@ -29,6 +29,7 @@ class ShardClients:
     def __init__(self, addresses: Mapping[str, str], *, timeout: float = 5.0):
         self.ring = Ring(addresses)
         self.timeout = timeout
+        self._metadata = ((RING_HEADER, self.ring.fingerprint),)
         self._channels = {
             name: aio.insecure_channel(
                 address,
@@ -60,7 +61,9 @@ class ShardClients:
     ) -> T:
         """Call one shard; translate its failures to ChronoscoreError."""
         try:
-            return await method(request, timeout=timeout or self.timeout)  # type: ignore[call-arg]
+            return await method(  # type: ignore[call-arg]
+                request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
         except aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if code in _UNREACHABLE:

@@ -13,7 +13,12 @@ from grpc import aio
 from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
 from chronoscore._ring import Ring
-from chronoscore._server import SERVER_OPTIONS, listen, serve_until_stopped
+from chronoscore._server import (
+    SERVER_OPTIONS,
+    RingCheck,
+    listen,
+    serve_until_stopped,
+)
 from chronoscore.errors import ChronoscoreError
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
@@ -40,7 +45,7 @@ async def serve(
     shard = Shard(name, ring, Store(dsn), ShardLease(dsn, name))
     await shard.start()
 
-    server = aio.server(options=SERVER_OPTIONS)
+    server = aio.server(options=SERVER_OPTIONS, interceptors=[RingCheck(ring)])
     _shard_grpc.add_ShardServiceServicer_to_server(ShardServicer(shard), server)
     bound = listen(server, host, port)
     await serve_until_stopped(

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from chronoscore import Client, Unavailable, Update
+import pytest
+
+from chronoscore import Client, FailedPrecondition, Unavailable, Update
 from chronoscore._cluster import LocalCluster
 from chronoscore._ring import Ring
 
@@ -203,3 +205,29 @@ def _alive(pid: int) -> bool:
     # A zombie has exited; only its parent (now init) has yet to reap it.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split()[2] != "Z"
+
+
+def test_coordinator_with_another_ring_is_refused(
+    cluster: LocalCluster, client: Client, tmp_path: Path
+) -> None:
+    client.create_leaderboard(BOARD)
+    client.submit_score(BOARD, "x", 1)
+    # A coordinator that knows only one of the three shards.
+    name = cluster.names[0]
+    port_file = tmp_path / "partial.port"
+    partial = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "--dsn", cluster.dsn, "--port", "0"]
+        + ["--shards", f"{name}=127.0.0.1:{cluster.shard_ports[name]}"]
+        + ["--port-file", str(port_file)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with Client(f"127.0.0.1:{port_file.read_text().strip()}") as wrong:
+            with pytest.raises(FailedPrecondition, match="ring"):
+                wrong.top(BOARD)
+    finally:
+        partial.terminate()
+        partial.wait(timeout=30)
