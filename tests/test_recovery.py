@@ -161,7 +161,7 @@ def test_second_process_for_a_shard_is_refused(cluster: LocalCluster) -> None:
     port = cluster.shard_ports[name]
     result = subprocess.run(
         [sys.executable, "-m", "coordinator", "--port", str(port)]
-        + ["--shards", f"{name}=127.0.0.1:{port}"],
+        + ["--shards", f"{name}=127.0.0.1:{port}", "--dsn", cluster.dsn],
         capture_output=True,
         text=True,
         timeout=60,
