@@ -26,6 +26,10 @@ __all__ = ["LocalCluster", "embedded_postgres", "default_data_dir"]
 
 logger = logging.getLogger("chronoscore.cluster")
 
+# Shards serve only the coordinator, so they listen on loopback whatever
+# address the coordinator is given.
+_SHARD_HOST = "127.0.0.1"
+
 
 def default_data_dir() -> Path:
     """Where ``chronoscore up`` keeps its embedded PostgreSQL by default.
@@ -200,6 +204,14 @@ class LocalCluster:
                 proc.kill()
                 proc.wait()
 
+    def restart(self, name: str, timeout: float = 120.0) -> None:
+        """Start an exited process again on its old port."""
+        if name == "coordinator":
+            self._spawn("coordinator", self._coordinator_args(self.coordinator_port))
+            self._wait_ready("coordinator", timeout)
+        else:
+            self.start_shard(name, timeout=timeout)
+
     def wait(self) -> str:
         """Block until any process exits; return its name."""
         while True:
@@ -220,7 +232,9 @@ class LocalCluster:
         self.stop()
 
     def _coordinator_args(self, port: int) -> list[str]:
-        shards = ",".join(f"{n}={self.host}:{self.shard_ports[n]}" for n in self.names)
+        shards = ",".join(
+            f"{n}={_SHARD_HOST}:{self.shard_ports[n]}" for n in self.names
+        )
         return [
             "coordinator",
             "--shards",
@@ -242,7 +256,7 @@ class LocalCluster:
             "-m",
             *args,
             "--host",
-            self.host,
+            self.host if name == "coordinator" else _SHARD_HOST,
             "--port-file",
             str(port_file),
             "--log-level",

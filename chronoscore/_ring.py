@@ -20,11 +20,21 @@ from uhashring import HashRing
 
 from .errors import InvalidArgument
 
-__all__ = ["SLOT_COUNT", "RING_HEADER", "Ring", "slot_of", "check_shard_name"]
+__all__ = [
+    "SLOT_COUNT",
+    "RING_HEADER",
+    "SHARD_HEADER",
+    "Ring",
+    "slot_of",
+    "check_shard_name",
+]
 
 # gRPC metadata key with which the coordinator tells a shard its ring's
 # fingerprint; a shard with another ring refuses the call.
 RING_HEADER = "x-chronoscore-ring"
+# ... and the name of the shard it means to call, which catches two
+# names configured with one address.
+SHARD_HEADER = "x-chronoscore-shard"
 
 SLOT_COUNT = 16384
 

@@ -100,6 +100,13 @@ _MIGRATION_LOCK = 0x43_68_72_6F_6E_6F
 
 async def migrate(conn: AsyncConnection) -> int:
     """Bring the schema to SCHEMA_VERSION; return the version found."""
+    cur = await conn.execute("SHOW server_encoding")
+    encoding = (await cur.fetchone() or ("",))[0]
+    if encoding != "UTF8":
+        raise FailedPrecondition(
+            f"the database's encoding is {encoding}; ChronoScore stores"
+            " user ids and names as UTF-8, so create it with ENCODING 'UTF8'"
+        )
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
         await conn.execute(

@@ -10,17 +10,39 @@ import asyncio
 import functools
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
 
-from ._ring import RING_HEADER, Ring
+from ._ring import RING_HEADER, SHARD_HEADER, Ring
 from .errors import ChronoscoreError, FailedPrecondition
 
-__all__ = ["rpc", "listen", "serve_until_stopped", "SERVER_OPTIONS", "RingCheck"]
+__all__ = [
+    "rpc",
+    "listen",
+    "serve_until_stopped",
+    "remaining",
+    "SERVER_OPTIONS",
+    "RingCheck",
+]
+
+# When the call being served must be answered by (time.monotonic()), so
+# calls it makes to other servers give up no later than its caller does.
+_deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
+
+
+def remaining(default: float) -> float:
+    """Seconds left before the current call's deadline, or ``default``."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return default
+    return max(0.01, deadline - time.monotonic())
+
 
 # gRPC turns SO_REUSEPORT on by default, which lets a second server bind a
 # port already in use and take half its connections. A port must have
@@ -42,6 +64,9 @@ def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: aio.ServicerContext) -> Resp:
+        left = context.time_remaining()
+        # Leave a little time to send the answer back.
+        _deadline.set(None if left is None else time.monotonic() + left - 0.05)
         try:
             return await method(self, request, context)
         except ChronoscoreError as exc:
@@ -113,17 +138,23 @@ class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]
     not own them and sum ranks over the wrong set of shards.
     """
 
-    def __init__(self, ring: Ring) -> None:
+    def __init__(self, ring: Ring, name: str) -> None:
         self.fingerprint = ring.fingerprint
+        self.name = name
         shards = ", ".join(ring.shards)
 
-        async def refuse(request: object, context: aio.ServicerContext) -> None:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"this shard's ring is [{shards}]; the caller's differs",
-            )
+        def refusal(message: str) -> grpc.RpcMethodHandler:
+            async def refuse(request: object, context: aio.ServicerContext) -> None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
 
-        self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
+            return grpc.unary_unary_rpc_method_handler(refuse)
+
+        self._wrong_ring = refusal(
+            f"shard {name}'s ring is [{shards}]; the caller's differs"
+        )
+        self._wrong_shard = refusal(
+            f"this is shard {name}; the caller's address for another shard points here"
+        )
 
     async def intercept_service(
         self,
@@ -132,5 +163,7 @@ class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Any:
         metadata = dict(details.invocation_metadata or ())
         if metadata.get(RING_HEADER) != self.fingerprint:
-            return self._refuse
+            return self._wrong_ring
+        if metadata.get(SHARD_HEADER) != self.name:
+            return self._wrong_shard
         return await continuation(details)

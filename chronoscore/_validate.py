@@ -73,20 +73,34 @@ class Update:
     request_id: str
 
 
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(ch) == "Cc" for ch in text)
+# Characters that control layout rather than show anything: line and
+# paragraph separators and bidirectional overrides, which can make one
+# id display as another.
+_LAYOUT = set("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _reject_control(text: str, field: str) -> None:
+    if any(unicodedata.category(ch) == "Cc" or ch in _LAYOUT for ch in text):
+        raise InvalidArgument(
+            f"{field} must not contain control, line-separator or"
+            " text-direction characters"
+        )
+
+
+def _is_blank(text: str) -> bool:
+    """Nothing visible: only spaces and invisible format characters."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
 
 
 def check_user_id(user_id: str, field: str = "user_id") -> str:
-    if not user_id.strip():
+    if _is_blank(user_id):
         raise InvalidArgument(f"{field} must not be empty or blank")
     size = len(user_id.encode())
     if size > MAX_USER_ID_BYTES:
         raise InvalidArgument(
             f"{field} is {size} bytes; the limit is {MAX_USER_ID_BYTES}"
         )
-    if _has_control(user_id):
-        raise InvalidArgument(f"{field} must not contain control characters")
+    _reject_control(user_id, field)
     return user_id
 
 
@@ -106,15 +120,14 @@ def check_leaderboard(name: str, field: str = "leaderboard") -> str:
 
 
 def check_display_name(name: str, field: str = "display_name") -> str:
-    if not name.strip():
+    if _is_blank(name):
         raise InvalidArgument(f"{field} must not be empty or blank")
     size = len(name.encode())
     if size > MAX_DISPLAY_NAME_BYTES:
         raise InvalidArgument(
             f"{field} is {size} bytes; the limit is {MAX_DISPLAY_NAME_BYTES}"
         )
-    if _has_control(name):
-        raise InvalidArgument(f"{field} must not contain control characters")
+    _reject_control(name, field)
     return name
 
 
@@ -164,8 +177,7 @@ def check_request_id(request_id: str, field: str = "request_id") -> str:
         raise InvalidArgument(
             f"{field} is {size} bytes; the limit is {MAX_REQUEST_ID_BYTES}"
         )
-    if _has_control(request_id):
-        raise InvalidArgument(f"{field} must not contain control characters")
+    _reject_control(request_id, field)
     return request_id
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
+import re
 import signal
 import sys
 import time
@@ -23,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._cluster import LocalCluster
 from .client import (
     MODES,
     RESETS,
@@ -67,14 +70,16 @@ def _parser() -> argparse.ArgumentParser:
         help="coordinator HOST:PORT (default: $CHRONOSCORE_TARGET or %(default)s)",
     )
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    output.add_argument(
+        "--timeout", type=_seconds, default=10.0, help="seconds per call"
+    )
     output.add_argument("--json", action="store_true", help="print JSON")
 
     up = commands.add_parser(
         "up", help="run a local cluster in the foreground until Ctrl-C"
     )
     up.add_argument("--shards", type=_positive, default=3)
-    up.add_argument("--port", type=int, default=50051, help="coordinator port")
+    up.add_argument("--port", type=_port, default=50051, help="coordinator port")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument(
         "--dsn",
@@ -105,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--operator", choices=list(MODES), default="best")
     create.add_argument("--ties", choices=list(TIE_POLICIES), default="earliest")
     create.add_argument("--reset", choices=list(RESETS), default="none")
-    create.add_argument("--keep", type=int, default=0, help="past periods to keep")
+    create.add_argument("--keep", type=_int32, default=0, help="past periods to keep")
 
     command("boards", "list the leaderboards", _boards)
     board = command("board", "show one leaderboard's configuration", _board)
@@ -137,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
 
     top = command("top", "show the best entries of a leaderboard", _top)
     top.add_argument("leaderboard")
-    top.add_argument("--limit", type=int, default=10, help="1 to 1000")
+    top.add_argument("--limit", type=_int32, default=10, help="1 to 1000")
     period(top)
 
     rank = command("rank", "show one user's global rank", _rank)
@@ -148,14 +153,14 @@ def _parser() -> argparse.ArgumentParser:
     around = command("around", "show a user and their neighbours", _around)
     around.add_argument("leaderboard")
     around.add_argument("user_id")
-    around.add_argument("--above", type=int, default=5, help="0 to 100")
-    around.add_argument("--below", type=int, default=5, help="0 to 100")
+    around.add_argument("--above", type=_int32, default=5, help="0 to 100")
+    around.add_argument("--below", type=_int32, default=5, help="0 to 100")
     period(around)
 
     page = command("page", "show entries from any offset", _page)
     page.add_argument("leaderboard")
-    page.add_argument("offset", type=int, help="0-based position of the first")
-    page.add_argument("--limit", type=int, default=10, help="1 to 1000")
+    page.add_argument("offset", type=_int64, help="0-based position of the first")
+    page.add_argument("--limit", type=_int32, default=10, help="1 to 1000")
     period(page)
 
     friends = command("friends", "rank a list of users (friends)", _friends)
@@ -165,8 +170,8 @@ def _parser() -> argparse.ArgumentParser:
 
     watch = command("watch", "print the top each time it changes", _watch)
     watch.add_argument("leaderboard")
-    watch.add_argument("--limit", type=int, default=10)
-    watch.add_argument("--interval-ms", type=int, default=1000, help="100 to 60000")
+    watch.add_argument("--limit", type=_int32, default=10)
+    watch.add_argument("--interval-ms", type=_int32, default=1000, help="100 to 60000")
 
     demo = commands.add_parser("demo", help="replay a real data set")
     demos = demo.add_subparsers(required=True, metavar="DATASET")
@@ -190,6 +195,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds between 0 and 3600"
+        )
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return value
+
+
+def _int32(text: str) -> int:
+    value = _int64(text)
+    if not -(2**31) <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{value} is out of range")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -197,13 +228,16 @@ def _positive(text: str) -> int:
     return value
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _int64(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
+    # int() would also take "1_000", " 7 " and non-ASCII digits.
+    if not _INTEGER.fullmatch(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an integer; scores are whole numbers"
-        ) from None
+            f"{text!r} is not an integer; scores are whole numbers like -12 or 300"
+        )
+    value = int(text)
     if not -(1 << 63) <= value < (1 << 63):
         raise argparse.ArgumentTypeError(f"{value} does not fit in a signed 64-bit int")
     return value
@@ -416,7 +450,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _up(args: argparse.Namespace) -> None:
     from contextlib import ExitStack
 
-    from ._cluster import LocalCluster, default_data_dir, embedded_postgres
+    from ._cluster import default_data_dir, embedded_postgres
 
     # SIGTERM (from a service manager) stops the cluster like Ctrl-C, and
     # Ctrl-C works even where the shell started us with SIGINT ignored.
@@ -427,21 +461,41 @@ def _up(args: argparse.Namespace) -> None:
         if not dsn:
             data_dir = args.data_dir or default_data_dir()
             dsn = stack.enter_context(embedded_postgres(data_dir))
-            console.print(f"embedded PostgreSQL data: {data_dir}")
+            console.print(f"embedded PostgreSQL data: {data_dir}", markup=False)
         cluster = LocalCluster(dsn, args.shards, host=args.host, port=args.port)
         stack.callback(cluster.stop)
         cluster.start()
         if args.host in ("127.0.0.1", "localhost", "::1"):
             console.print("insecure local mode: plaintext gRPC on loopback only")
+        else:
+            console.print(
+                f"WARNING: the public API is open without TLS or tokens on"
+                f" {args.host}; shards stay on loopback",
+                markup=False,
+            )
         console.print(
             f"ChronoScore is up: coordinator at {cluster.target},"
             f" {args.shards} shards. Ctrl-C stops it."
         )
         try:
-            exited = cluster.wait()
-            raise ChronoscoreError(f"{exited} exited; stopping the cluster")
+            _supervise(cluster)
         except KeyboardInterrupt:
             console.print("stopping")
+
+
+def _supervise(cluster: LocalCluster) -> None:
+    """Restart processes that exit, unless one keeps failing at once."""
+    started: dict[str, float] = {}
+    while True:
+        name = cluster.wait()
+        code = cluster.processes[name].returncode
+        if time.monotonic() - started.get(name, -math.inf) < 10:
+            raise ChronoscoreError(
+                f"{name} exited with code {code} again within 10 s; stopping"
+            )
+        console.print(f"{name} exited with code {code}; restarting it", markup=False)
+        started[name] = time.monotonic()
+        cluster.restart(name)
 
 
 def _demo_baseball(args: argparse.Namespace) -> None:

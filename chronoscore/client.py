@@ -164,6 +164,8 @@ class Result:
 
 class Client:
     def __init__(self, target: str, *, timeout: float = 10.0) -> None:
+        if not target.strip():
+            raise InvalidArgument("target must be HOST:PORT, got an empty string")
         self.target = target
         self.timeout = timeout
         self._channel = grpc.insecure_channel(
@@ -352,6 +354,9 @@ class Client:
     def _call(self, method: Callable[..., T], request: Any) -> T:
         try:
             return method(request, timeout=self.timeout)
+        except ValueError as exc:
+            # A field the proto cannot hold, such as a limit past 2**31.
+            raise InvalidArgument(str(exc)) from None
         except grpc.RpcError as exc:
             raise from_status(exc.code(), exc.details() or "") from None
 

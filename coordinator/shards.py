@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from chronoscore._ring import RING_HEADER, Ring
+from chronoscore._ring import RING_HEADER, SHARD_HEADER, Ring
+from chronoscore._server import remaining
 from chronoscore.errors import ChronoscoreError, Unavailable, from_status
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
@@ -20,16 +21,25 @@ logger = logging.getLogger("chronoscore.coordinator")
 
 T = TypeVar("T")
 
-_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A shard that is down, slow, or shutting down: worth retrying elsewhere
+# or later, never the caller's fault.
+_UNREACHABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
 
 
 class ShardClients:
     """One channel and stub per shard, and the ring that routes to them."""
 
-    def __init__(self, addresses: Mapping[str, str], *, timeout: float = 5.0):
+    def __init__(self, addresses: Mapping[str, str], *, timeout: float = 10.0):
         self.ring = Ring(addresses)
         self.timeout = timeout
-        self._metadata = ((RING_HEADER, self.ring.fingerprint),)
+        self._metadata = {
+            name: ((RING_HEADER, self.ring.fingerprint), (SHARD_HEADER, name))
+            for name in addresses
+        }
         self._channels = {
             name: aio.insecure_channel(
                 address,
@@ -62,7 +72,9 @@ class ShardClients:
         """Call one shard; translate its failures to ChronoscoreError."""
         try:
             return await method(  # type: ignore[call-arg]
-                request, timeout=timeout or self.timeout, metadata=self._metadata
+                request,
+                timeout=timeout or remaining(self.timeout),
+                metadata=self._metadata[shard],
             )
         except aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""

@@ -45,7 +45,7 @@ async def serve(
     shard = Shard(name, ring, Store(dsn), ShardLease(dsn, name))
     await shard.start()
 
-    server = aio.server(options=SERVER_OPTIONS, interceptors=[RingCheck(ring)])
+    server = aio.server(options=SERVER_OPTIONS, interceptors=[RingCheck(ring, name)])
     _shard_grpc.add_ShardServiceServicer_to_server(ShardServicer(shard), server)
     bound = listen(server, host, port)
     await serve_until_stopped(

@@ -87,6 +87,8 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         index = self._index(request.board)
         if len(request.positions) > _MAX_SAMPLE * 64:
             raise InvalidArgument("too many positions in one Count")
+        if any(p.reached_us < 0 for p in request.positions):
+            raise InvalidArgument("positions must not have a negative reached_us")
         counts = [
             _shard_pb.Counts(
                 ahead=index.count_ahead(p.score, p.reached_us, p.user_id),

@@ -53,6 +53,7 @@ logger = logging.getLogger("chronoscore.shard")
 # Request ids are answered from PostgreSQL for at least this long.
 REQUEST_RETENTION_HOURS = 48
 _RECENT_REQUESTS = 100_000
+_MAX_CLOCK_LEAD_US = 60_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +193,7 @@ class Shard:
         """Apply writes in order; one outcome each, once committed."""
         for write in writes:
             self.check_owner(write.user_id)
-        if arrived_us <= 0:
-            arrived_us = time.time_ns() // 1000
-        job = _Job(writes=writes, arrived_us=min(arrived_us, _keys.REACHED_MAX))
+        job = _Job(writes=writes, arrived_us=_arrival(arrived_us))
         return await self._submit(job)
 
     async def upsert_user(self, user_id: str, display_name: str) -> None:
@@ -277,6 +276,12 @@ class Shard:
         return asyncio.ensure_future(first())
 
     async def _commit(self, jobs: list[_Job]) -> None:
+        # A caller that gave up (its deadline passed, or it went away)
+        # was told nothing was acknowledged; applying its writes now
+        # would surprise a retry.
+        jobs = [job for job in jobs if not job.future.cancelled()]
+        if not jobs:
+            return
         try:
             stored = await self._stored_requests(jobs)
         except Exception as exc:
@@ -548,6 +553,19 @@ class Shard:
         if index is None:
             return LeaderboardIndex(ascending=ascending)
         return index
+
+
+def _arrival(arrived_us: int) -> int:
+    """The coordinator's arrival time, or ours if it is missing or absurd.
+
+    Stamps on a shard only move forward, so one far-future time would
+    push every later stamp past it; a time more than a minute ahead of
+    this shard's clock is not believed.
+    """
+    now = time.time_ns() // 1000
+    if 0 < arrived_us <= now + _MAX_CLOCK_LEAD_US:
+        return arrived_us
+    return now
 
 
 def _answer_all(jobs: list[_Job], error: ChronoscoreError) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,6 +69,9 @@ INVALID_UPDATES = [
     pytest.param(_update(user_id="x" * 129), ["129 bytes", "128"], id="long-user"),
     pytest.param(_update(user_id="é" * 65), ["130 bytes"], id="long-utf8-user"),
     pytest.param(_update(user_id="a\x00b"), ["control"], id="nul-in-user"),
+    pytest.param(_update(user_id="\u200b"), ["blank"], id="invisible-user"),
+    pytest.param(_update(user_id="ab\u202ec"), ["direction"], id="bidi-user"),
+    pytest.param(_update(user_id="a\u2028b"), ["separator"], id="line-sep-user"),
     pytest.param(_update(leaderboard=""), ["leaderboard", "empty"], id="no-board"),
     pytest.param(_update(leaderboard="a b"), ["leaderboard"], id="space-board"),
     pytest.param(_update(score=None), ["score is required"], id="missing-score"),
@@ -301,3 +305,33 @@ def test_query_limits(stub: pb_grpc.LeaderboardServiceStub) -> None:
     # An offset past the end is an empty page, not an error.
     past = stub.GetPage(pb.GetPageRequest(leaderboard=BOARD, offset=10**12), timeout=10)
     assert list(past.entries) == [] and past.total == 1
+
+
+def test_far_future_arrival_time_is_not_believed(cluster: LocalCluster) -> None:
+    """A shard keeps its stamps sane even if a caller's clock is wrong."""
+    from chronoscore._ring import RING_HEADER, SHARD_HEADER, Ring
+    from chronoscore.v1 import shard_pb2 as spb
+    from chronoscore.v1 import shard_pb2_grpc as spb_grpc
+
+    ring = Ring(cluster.names)
+    user = "time-traveller"
+    owner = ring.owner(user)
+    channel = grpc.insecure_channel(f"127.0.0.1:{cluster.shard_ports[owner]}")
+    shard = spb_grpc.ShardServiceStub(channel)
+    headers = ((RING_HEADER, ring.fingerprint), (SHARD_HEADER, owner))
+    board = spb.BoardPeriod(board_id=1, period_start_us=0)
+    for arrived in (2**63 - 1, 10**18, -5):
+        update = spb.ShardUpdate(board=board, user_id=user, score=1, mode=INCREMENT)
+        reply = shard.Apply(
+            spb.ApplyRequest(updates=[update], arrived_us=arrived),
+            metadata=headers,
+            timeout=10,
+        )
+        assert reply.results[0].applied.changed
+    channel.close()
+
+    with psycopg.connect(cluster.dsn) as conn:
+        (reached,) = conn.execute(
+            "SELECT reached_us FROM user_score WHERE user_id = %s", [user]
+        ).fetchone()  # type: ignore[misc]
+    assert reached <= time.time_ns() // 1000 + 60_000_000

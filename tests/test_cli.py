@@ -74,7 +74,10 @@ def test_errors_are_reported_not_raised(
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("score", ["1.5", "nan", "inf", "1e3", "9223372036854775808"])
+@pytest.mark.parametrize(
+    "score",
+    ["1.5", "nan", "inf", "1e3", "9223372036854775808", "1_000", "\u0663", " 7"],
+)
 def test_non_integer_scores_are_refused(score: str) -> None:
     result = _run("submit", "b", "u", score, check=False)
     assert result.returncode == 2
@@ -169,3 +172,18 @@ def test_up_keeps_scores_in_its_data_dir(tmp_path: Path) -> None:
         assert (rank["score"], rank["rank"], rank["total"]) == (900, 2, 2)
     finally:
         _interrupt(proc)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["top", "b", "--limit", "2147483648"],
+        ["top", "b", "--timeout", "nan"],
+        ["top", "b", "--timeout", "-1"],
+        ["up", "--port", "70000"],
+    ],
+)
+def test_bad_options_are_usage_errors(args: list[str]) -> None:
+    result = _run(*args, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "usage:" in result.stderr

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 
 from chronoscore import Client, FailedPrecondition, Unavailable, Update
@@ -231,3 +232,59 @@ def test_coordinator_with_another_ring_is_refused(
     finally:
         partial.terminate()
         partial.wait(timeout=30)
+
+
+def test_two_names_for_one_address_are_refused(
+    cluster: LocalCluster, client: Client, tmp_path: Path
+) -> None:
+    client.create_leaderboard(BOARD)
+    first, second, third = cluster.names
+    port = cluster.shard_ports
+    port_file = tmp_path / "miswired.port"
+    miswired = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "--dsn", cluster.dsn, "--port", "0"]
+        + [
+            "--shards",
+            f"{first}=127.0.0.1:{port[first]},{second}=127.0.0.1:{port[first]},"
+            f"{third}=127.0.0.1:{port[third]}",
+        ]
+        + ["--port-file", str(port_file)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with Client(f"127.0.0.1:{port_file.read_text().strip()}") as wrong:
+            with pytest.raises(FailedPrecondition, match="points here"):
+                wrong.top(BOARD)
+    finally:
+        miswired.terminate()
+        miswired.wait(timeout=30)
+
+
+def test_database_must_be_utf8(pg_server: str, tmp_path: Path) -> None:
+    import uuid
+
+    from psycopg.conninfo import make_conninfo
+
+    name = f"chronoscore_latin1_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "shard_node", "--name", "shard-0"]
+            + ["--ring", "shard-0", "--port", "0"]
+            + ["--dsn", make_conninfo(pg_server, dbname=name)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert "encoding is LATIN1" in result.stderr
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")
