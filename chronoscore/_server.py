@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from ._ring import RING_HEADER, SHARD_HEADER, Ring
@@ -29,6 +30,8 @@ __all__ = [
     "remaining",
     "SERVER_OPTIONS",
     "RingCheck",
+    "Malformed",
+    "add_service",
 ]
 
 # When the call being served must be answered by (time.monotonic()), so
@@ -67,6 +70,11 @@ def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
         left = context.time_remaining()
         # Leave a little time to send the answer back.
         _deadline.set(None if left is None else time.monotonic() + left - 0.05)
+        if isinstance(request, Malformed):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid message: {request.error}",
+            )
         try:
             return await method(self, request, context)
         except ChronoscoreError as exc:
@@ -167,3 +175,56 @@ class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]
         if metadata.get(SHARD_HEADER) != self.name:
             return self._wrong_shard
         return await continuation(details)
+
+
+class Malformed:
+    """Stands in for a request whose bytes did not parse."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def add_service(
+    add: Callable[[Any, Any], None], servicer: Any, server: aio.Server
+) -> None:
+    """Register ``servicer`` with a generated ``add_*_to_server`` function.
+
+    Requests that do not parse (bad UTF-8 in a string, say) reach the
+    servicer as :class:`Malformed`, which :func:`rpc` answers with
+    INVALID_ARGUMENT; gRPC itself would answer UNKNOWN.
+    """
+    add(servicer, _ParsingServer(server))
+
+
+def _parse_or_flag(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_request(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Malformed(str(exc))
+
+    return parse_request
+
+
+class _ParsingServer:
+    """Just enough of a server for generated registration code."""
+
+    def __init__(self, server: aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        # Registered again, with safe parsing, by the call that follows.
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        safe = {
+            method: handler._replace(
+                request_deserializer=_parse_or_flag(handler.request_deserializer)
+            )
+            for method, handler in handlers.items()
+        }
+        generic = grpc.method_handlers_generic_handler(service, safe)
+        self._server.add_generic_rpc_handlers((generic,))
+        self._server.add_registered_method_handlers(service, safe)

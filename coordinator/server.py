@@ -12,7 +12,12 @@ from grpc import aio
 
 from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
-from chronoscore._server import SERVER_OPTIONS, listen, serve_until_stopped
+from chronoscore._server import (
+    SERVER_OPTIONS,
+    add_service,
+    listen,
+    serve_until_stopped,
+)
 from chronoscore.errors import ChronoscoreError, InvalidArgument
 from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
@@ -62,7 +67,7 @@ async def serve(
         await catalog.close()
 
     server = aio.server(options=SERVER_OPTIONS)
-    _grpc.add_LeaderboardServiceServicer_to_server(servicer, server)
+    add_service(_grpc.add_LeaderboardServiceServicer_to_server, servicer, server)
     bound = listen(server, host, port)
     logger.info("coordinator routing to shards %s", ", ".join(sorted(shards)))
     await serve_until_stopped(

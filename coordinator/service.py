@@ -13,9 +13,10 @@ from grpc import aio
 
 from chronoscore import _periods
 from chronoscore import _validate as check
-from chronoscore._server import rpc
+from chronoscore._server import Malformed, rpc
 from chronoscore.errors import (
     ChronoscoreError,
+    InvalidArgument,
     NotFound,
     Unavailable,
     from_code_number,
@@ -299,6 +300,10 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         is back; a deleted leaderboard ends the stream with NOT_FOUND.
         """
         try:
+            if isinstance(request, Malformed):
+                raise InvalidArgument(
+                    f"the request is not a valid message: {request.error}"
+                )
             name = check.check_leaderboard(request.leaderboard)
             limit = check.check_limit(request.limit)
             interval = check.check_interval_ms(request.min_interval_ms) / 1000

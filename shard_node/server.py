@@ -16,6 +16,7 @@ from chronoscore._ring import Ring
 from chronoscore._server import (
     SERVER_OPTIONS,
     RingCheck,
+    add_service,
     listen,
     serve_until_stopped,
 )
@@ -46,7 +47,9 @@ async def serve(
     await shard.start()
 
     server = aio.server(options=SERVER_OPTIONS, interceptors=[RingCheck(ring, name)])
-    _shard_grpc.add_ShardServiceServicer_to_server(ShardServicer(shard), server)
+    add_service(
+        _shard_grpc.add_ShardServiceServicer_to_server, ShardServicer(shard), server
+    )
     bound = listen(server, host, port)
     await serve_until_stopped(
         server,

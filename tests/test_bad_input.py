@@ -335,3 +335,26 @@ def test_far_future_arrival_time_is_not_believed(cluster: LocalCluster) -> None:
             "SELECT reached_us FROM user_score WHERE user_id = %s", [user]
         ).fetchone()  # type: ignore[misc]
     assert reached <= time.time_ns() // 1000 + 60_000_000
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["LeaderboardService/SubmitScore", "LeaderboardService/WatchTop"],
+)
+def test_bytes_that_do_not_parse_are_invalid(
+    cluster: LocalCluster, method: str
+) -> None:
+    # A leaderboard field holding bytes that are not UTF-8.
+    raw = bytes.fromhex("0a02fffe")
+    channel = grpc.insecure_channel(cluster.target)
+    if method.endswith("WatchTop"):
+        call = channel.unary_stream(f"/chronoscore.v1.{method}")
+        with pytest.raises(grpc.RpcError) as caught:
+            next(iter(call(raw, timeout=10)))
+    else:
+        call = channel.unary_unary(f"/chronoscore.v1.{method}")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(raw, timeout=10)
+    channel.close()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "UTF-8" in (caught.value.details() or "")
