@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from ._ring import RING_HEADER, SHARD_HEADER, Ring
 from .errors import ChronoscoreError, FailedPrecondition
@@ -32,6 +34,7 @@ __all__ = [
     "RingCheck",
     "Malformed",
     "add_service",
+    "add_health_and_reflection",
 ]
 
 # When the call being served must be answered by (time.monotonic()), so
@@ -94,10 +97,22 @@ def listen(server: aio.Server, host: str, port: int) -> int:
         raise FailedPrecondition(f"cannot listen on {host}:{port}: {exc}") from None
 
 
+def add_health_and_reflection(
+    server: aio.Server, services: list[str]
+) -> health.aio.HealthServicer:
+    """Serve grpc.health.v1 and server reflection for ``services``."""
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    names = [*services, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    return checker
+
+
 async def serve_until_stopped(
     server: aio.Server,
     *,
     name: str,
+    health_checker: health.aio.HealthServicer | None = None,
     port: int,
     port_file: Path | None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
@@ -112,6 +127,9 @@ async def serve_until_stopped(
     process exits with status 1.
     """
     await server.start()
+    if health_checker is not None:
+        # "" is the whole server; probes that name no service ask for it.
+        await health_checker.set("", health_pb2.HealthCheckResponse.SERVING)
     if port_file is not None:
         # Written last and renamed into place, so a reader that sees the
         # file knows the server is serving.
@@ -130,6 +148,8 @@ async def serve_until_stopped(
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
 
     logger.info("%s draining", name)
+    if health_checker is not None:
+        await health_checker.enter_graceful_shutdown()
     await server.stop(grace)
     if fatal is not None and fatal.done():
         logger.error("%s stopped after a fatal error: %r", name, fatal.exception())
@@ -137,6 +157,9 @@ async def serve_until_stopped(
     if on_stop is not None:
         await on_stop()
     logger.info("%s stopped", name)
+
+
+_SHARD_SERVICE = "/chronoscore.v1.ShardService/"
 
 
 class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]
@@ -169,6 +192,9 @@ class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         details: grpc.HandlerCallDetails,
     ) -> Any:
+        if not details.method.startswith(_SHARD_SERVICE):
+            # Health checks and reflection need no ring.
+            return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
         if metadata.get(RING_HEADER) != self.fingerprint:
             return self._wrong_ring

@@ -14,6 +14,7 @@ from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
 from chronoscore._server import (
     SERVER_OPTIONS,
+    add_health_and_reflection,
     add_service,
     listen,
     serve_until_stopped,
@@ -70,8 +71,10 @@ async def serve(
     add_service(_grpc.add_LeaderboardServiceServicer_to_server, servicer, server)
     bound = listen(server, host, port)
     logger.info("coordinator routing to shards %s", ", ".join(sorted(shards)))
+    checker = add_health_and_reflection(server, ["chronoscore.v1.LeaderboardService"])
     await serve_until_stopped(
         server,
+        health_checker=checker,
         name="coordinator",
         port=bound,
         port_file=port_file,

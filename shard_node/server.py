@@ -16,6 +16,7 @@ from chronoscore._ring import Ring
 from chronoscore._server import (
     SERVER_OPTIONS,
     RingCheck,
+    add_health_and_reflection,
     add_service,
     listen,
     serve_until_stopped,
@@ -51,8 +52,10 @@ async def serve(
         _shard_grpc.add_ShardServiceServicer_to_server, ShardServicer(shard), server
     )
     bound = listen(server, host, port)
+    checker = add_health_and_reflection(server, ["chronoscore.v1.ShardService"])
     await serve_until_stopped(
         server,
+        health_checker=checker,
         name=f"shard {name}",
         port=bound,
         port_file=port_file,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import psycopg
 import pytest
 
@@ -288,3 +289,14 @@ def test_database_must_be_utf8(pg_server: str, tmp_path: Path) -> None:
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {name}")
+
+
+def test_every_server_answers_health_checks(cluster: LocalCluster) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ports = [cluster.coordinator_port, *cluster.shard_ports.values()]
+    for port in ports:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
