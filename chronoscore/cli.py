@@ -173,6 +173,25 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--limit", type=_int32, default=10)
     watch.add_argument("--interval-ms", type=_int32, default=1000, help="100 to 60000")
 
+    bench = commands.add_parser("bench", help="measure against Redis and PostgreSQL")
+    benches = bench.add_subparsers(required=True, metavar="BENCHMARK")
+    compare = benches.add_parser(
+        "compare", help="ChronoScore, Redis and plain PostgreSQL side by side"
+    )
+    compare.add_argument("--users", type=_positive, default=100_000)
+    compare.add_argument("--clients", type=_positive, default=2)
+    compare.add_argument("--shards", type=_positive, default=4)
+    compare.add_argument("--calls", type=_positive, default=2000)
+    compare.add_argument(
+        "--dsn",
+        default=os.environ.get("CHRONOSCORE_DSN"),
+        help="PostgreSQL to use (default: an embedded one)",
+    )
+    compare.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    compare.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    compare.set_defaults(run=_bench_compare)
+
     demo = commands.add_parser("demo", help="replay a real data set")
     demos = demo.add_subparsers(required=True, metavar="DATASET")
     baseball = demos.add_parser(
@@ -496,6 +515,33 @@ def _supervise(cluster: LocalCluster) -> None:
         console.print(f"{name} exited with code {code}; restarting it", markup=False)
         started[name] = time.monotonic()
         cluster.restart(name)
+
+
+def _bench_compare(args: argparse.Namespace) -> None:
+    from ._bench import Settings, compare, render, targets
+
+    settings = Settings(
+        users=args.users,
+        clients=args.clients,
+        shards=args.shards,
+        calls=args.calls,
+        dsn=args.dsn,
+        redis_url=args.redis_url,
+        out=args.out,
+    )
+    reports = compare(settings, console)
+    met = targets(reports)
+    if args.json:
+        _print_json({"targets": [list(t) for t in met]})
+        return
+    render(reports, console)
+    table = Table(title="targets", title_justify="left")
+    for column in ("target", "measured", "met"):
+        table.add_column(column)
+    for target, measured, ok in met:
+        table.add_row(target, measured, "yes" if ok else "NO")
+    console.print(table)
+    console.print(f"results in {args.out}", markup=False)
 
 
 def _demo_baseball(args: argparse.Namespace) -> None:

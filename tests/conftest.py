@@ -7,7 +7,6 @@ Each test gets a database of its own.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,18 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from chronoscore import Client
-from chronoscore._cluster import LocalCluster, embedded_postgres
-
-
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The DSN of a PostgreSQL server the tests may create databases on."""
-    dsn = os.environ.get("CHRONOSCORE_TEST_DSN")
-    if dsn:
-        yield dsn
-        return
-    with embedded_postgres(tmp_path_factory.mktemp("pg")) as dsn:
-        yield dsn
+from chronoscore._cluster import LocalCluster
 
 
 @pytest.fixture
