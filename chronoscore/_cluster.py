@@ -100,6 +100,7 @@ class LocalCluster:
         workdir: Path | None = None,
         log_dir: Path | None = None,
         log_level: str = "INFO",
+        metrics_ports: dict[str, int] | None = None,
     ) -> None:
         if shards < 1:
             raise FailedPrecondition(f"a cluster needs at least 1 shard, got {shards}")
@@ -109,6 +110,7 @@ class LocalCluster:
         self.names = [f"shard-{i}" for i in range(shards)]
         self.log_dir = log_dir
         self.log_level = log_level
+        self.metrics_ports = metrics_ports or {}
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="chronoscore-")
@@ -261,6 +263,8 @@ class LocalCluster:
             str(port_file),
             "--log-level",
             self.log_level,
+            "--metrics-port",
+            str(self.metrics_ports.get(name, 0)),
         ]
         stderr = None
         if self.log_dir is not None:

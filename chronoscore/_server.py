@@ -22,6 +22,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ._metrics import RPC_SECONDS
 from ._ring import RING_HEADER, SHARD_HEADER, Ring
 from .errors import ChronoscoreError, FailedPrecondition
 
@@ -78,13 +79,19 @@ def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid message: {request.error}",
             )
+        started = time.perf_counter()
+        code = "OK"
         try:
             return await method(self, request, context)
         except ChronoscoreError as exc:
+            code = exc.code.name
             if exc.code == grpc.StatusCode.INTERNAL:
                 logger.error("%s failed: %s", method.__name__, exc)
             await context.abort(exc.code, str(exc))
             raise  # context.abort raises; this line is never reached
+        finally:
+            elapsed = time.perf_counter() - started
+            RPC_SECONDS.labels(method.__name__, code).observe(elapsed)
 
     return wrapper
 

@@ -12,6 +12,7 @@ from grpc import aio
 
 from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
+from chronoscore._metrics import RING_INFO, serve_metrics
 from chronoscore._server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -54,9 +55,14 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     port_file: Path | None = None,
+    metrics_port: int = 0,
 ) -> None:
     """Serve the public API until SIGINT or SIGTERM."""
     clients = ShardClients(shards)
+    ring = clients.ring
+    RING_INFO.labels(ring.fingerprint, ",".join(ring.shards)).set(1)
+    if metrics_port:
+        serve_metrics(host, metrics_port)
     catalog = Catalog(dsn)
     await catalog.open()
     servicer = LeaderboardServicer(clients, catalog)
@@ -118,6 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--port-file", type=Path, help="write the bound port here once serving"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics over HTTP on this port (0: off)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.dsn:
@@ -133,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                 host=args.host,
                 port=args.port,
                 port_file=args.port_file,
+                metrics_port=args.metrics_port,
             )
         )
     except ChronoscoreError as exc:

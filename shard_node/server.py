@@ -12,6 +12,7 @@ from grpc import aio
 
 from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
+from chronoscore._metrics import RING_INFO, serve_metrics, watch_index_sizes
 from chronoscore._ring import Ring
 from chronoscore._server import (
     SERVER_OPTIONS,
@@ -42,10 +43,15 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     port_file: Path | None = None,
+    metrics_port: int = 0,
 ) -> None:
     """Serve one shard until SIGINT or SIGTERM."""
     shard = Shard(name, ring, Store(dsn), ShardLease(dsn, name))
     await shard.start()
+    RING_INFO.labels(ring.fingerprint, ",".join(ring.shards)).set(1)
+    watch_index_sizes(shard.index_sizes)
+    if metrics_port:
+        serve_metrics(host, metrics_port)
 
     server = aio.server(options=SERVER_OPTIONS, interceptors=[RingCheck(ring, name)])
     add_service(
@@ -85,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--port-file", type=Path, help="write the bound port here once serving"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics over HTTP on this port (0: off)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.dsn:
@@ -101,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                 host=args.host,
                 port=args.port,
                 port_file=args.port_file,
+                metrics_port=args.metrics_port,
             )
         )
     except ChronoscoreError as exc:

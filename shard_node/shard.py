@@ -20,10 +20,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from chronoscore import _keys
 from chronoscore._db import is_unavailable
+from chronoscore._metrics import COMMIT_LAG, COMMIT_SECONDS, COMMIT_UPDATES
 from chronoscore._ring import Ring, slot_of
 from chronoscore.errors import (
     ChronoscoreError,
@@ -92,6 +94,7 @@ class _Job:
 
     writes: list[Write] = field(default_factory=list)
     arrived_us: int = 0
+    queued_at: float = field(default_factory=time.perf_counter)
     profile: ProfileRow | None = None
     removal: Removal | None = None
     prune: _Prune | None = None
@@ -334,6 +337,7 @@ class Shard:
             if name is not None
         ]
         batch.requests = list(requests.values())
+        started = time.perf_counter()
         try:
             if batch:
                 await self.store.write(batch)
@@ -342,7 +346,11 @@ class Shard:
             return
 
         self._apply(changes, profiles, requests, [j.prune for j in jobs if j.prune])
+        done = time.perf_counter()
+        COMMIT_SECONDS.observe(done - started)
+        COMMIT_UPDATES.observe(sum(len(j.writes) for j in jobs))
         for job, outcome in zip(jobs, results, strict=True):
+            COMMIT_LAG.observe(done - job.queued_at)
             if not job.future.done():
                 job.future.set_result(outcome)
 
@@ -546,6 +554,11 @@ class Shard:
             await asyncio.sleep(600)
 
     # Reads
+
+    def index_sizes(self) -> Iterator[tuple[int, int, int]]:
+        """(leaderboard id, period start, entries) for every index."""
+        for (board_id, period), index in list(self.indexes.items()):
+            yield board_id, period, len(index)
 
     def index(self, board: BoardKey, ascending: bool) -> LeaderboardIndex:
         """The index of one period; an empty one if it has no entries."""

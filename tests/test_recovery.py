@@ -300,3 +300,41 @@ def test_every_server_answers_health_checks(cluster: LocalCluster) -> None:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_metrics_are_served(dsn: str, tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    ports = {"coordinator": free_port(), "shard-0": free_port()}
+    with LocalCluster(dsn, 2, workdir=tmp_path, metrics_ports=ports) as cluster:
+        with Client(cluster.target) as client:
+            client.create_leaderboard(BOARD)
+            client.submit_scores([Update(BOARD, f"m{i}", i) for i in range(50)])
+            client.top(BOARD)
+
+        def scrape(name: str) -> str:
+            url = f"http://127.0.0.1:{ports[name]}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                return str(reply.read().decode())
+
+        coordinator = scrape("coordinator")
+        assert 'chronoscore_rpc_seconds_count{code="OK",method="GetTop"} 1.0' in (
+            coordinator
+        )
+        assert "chronoscore_ring_info{" in coordinator
+        shard = scrape("shard-0")
+        assert 'chronoscore_rpc_seconds_count{code="OK",method="Apply"}' in shard
+        assert "chronoscore_commit_batch_updates_count" in shard
+        assert "chronoscore_commit_lag_seconds_bucket" in shard
+        sizes = [
+            line
+            for line in shard.splitlines()
+            if line.startswith("chronoscore_index_entries{")
+        ]
+        assert len(sizes) == 1 and float(sizes[0].split()[-1]) > 0
