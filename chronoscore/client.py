@@ -12,12 +12,16 @@ Example::
 
 Every unary call has a deadline (``timeout`` seconds, 10 by default)
 and raises :mod:`chronoscore.errors` classes, never ``grpc.RpcError``.
+Calls that are safe to repeat (reads, creating a leaderboard, profile
+upserts, and writes that carry a request id) are retried on UNAVAILABLE
+until the deadline; others are not, so they never apply twice.
 Enum-like arguments are lower-case strings: see ``MODES``,
 ``SORT_ORDERS``, ``TIE_POLICIES`` and ``RESETS``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -30,6 +34,7 @@ from .errors import (
     ChronoscoreError,
     InvalidArgument,
     OutOfRange,
+    Unavailable,
     from_code_number,
     from_status,
 )
@@ -209,14 +214,18 @@ class Client:
             keep_periods=keep_periods,
         )
         request = _pb.CreateLeaderboardRequest(leaderboard=config)
-        return _leaderboard(self._call(self._stub.CreateLeaderboard, request))
+        return _leaderboard(
+            self._call(self._stub.CreateLeaderboard, request, retry=True)
+        )
 
     def get_leaderboard(self, name: str) -> Leaderboard:
         request = _pb.GetLeaderboardRequest(name=name)
-        return _leaderboard(self._call(self._stub.GetLeaderboard, request))
+        return _leaderboard(self._call(self._stub.GetLeaderboard, request, retry=True))
 
     def list_leaderboards(self) -> list[Leaderboard]:
-        reply = self._call(self._stub.ListLeaderboards, _pb.ListLeaderboardsRequest())
+        reply = self._call(
+            self._stub.ListLeaderboards, _pb.ListLeaderboardsRequest(), retry=True
+        )
         return [_leaderboard(b) for b in reply.leaderboards]
 
     def delete_leaderboard(self, name: str) -> None:
@@ -237,7 +246,10 @@ class Client:
     ) -> Result:
         """Apply one update; raises if it fails."""
         update = Update(leaderboard, user_id, score, mode, metadata, request_id)
-        reply = self._call(self._stub.SubmitScore, _request(update))
+        # With a request id a retry cannot apply the update twice.
+        reply = self._call(
+            self._stub.SubmitScore, _request(update), retry=bool(request_id)
+        )
         return _applied(reply)
 
     def submit_scores(self, updates: Iterable[Update]) -> list[Result]:
@@ -246,8 +258,10 @@ class Client:
         Updates fail one by one (for example an increment that would
         overflow); a malformed batch raises and applies nothing.
         """
-        request = _pb.SubmitScoresRequest(updates=[_request(u) for u in updates])
-        reply = self._call(self._stub.SubmitScores, request)
+        requests = [_request(u) for u in updates]
+        request = _pb.SubmitScoresRequest(updates=requests)
+        retry = all(r.request_id for r in requests)
+        reply = self._call(self._stub.SubmitScores, request, retry=retry)
         return [_result(r) for r in reply.results]
 
     def remove_entry(self, leaderboard: str, user_id: str) -> int:
@@ -264,6 +278,7 @@ class Client:
         self._call(
             self._stub.UpsertUser,
             _pb.UpsertUserRequest(user_id=user_id, display_name=display_name),
+            retry=True,
         )
 
     def upsert_user_future(self, user_id: str, display_name: str) -> grpc.Future:
@@ -277,13 +292,13 @@ class Client:
 
     def top(self, leaderboard: str, limit: int = 10, period: str = "") -> Page:
         request = _pb.GetTopRequest(leaderboard=leaderboard, limit=limit, period=period)
-        return _page(self._call(self._stub.GetTop, request))
+        return _page(self._call(self._stub.GetTop, request, retry=True))
 
     def rank(self, leaderboard: str, user_id: str, period: str = "") -> RankedEntry:
         request = _pb.GetRankRequest(
             leaderboard=leaderboard, user_id=user_id, period=period
         )
-        reply = self._call(self._stub.GetRank, request)
+        reply = self._call(self._stub.GetRank, request, retry=True)
         return RankedEntry(
             _entry(reply.entry),
             reply.total,
@@ -306,7 +321,7 @@ class Client:
             below=below,
             period=period,
         )
-        return _page(self._call(self._stub.GetAround, request))
+        return _page(self._call(self._stub.GetAround, request, retry=True))
 
     def page(
         self, leaderboard: str, offset: int, limit: int = 10, period: str = ""
@@ -314,7 +329,7 @@ class Client:
         request = _pb.GetPageRequest(
             leaderboard=leaderboard, offset=offset, limit=limit, period=period
         )
-        return _page(self._call(self._stub.GetPage, request))
+        return _page(self._call(self._stub.GetPage, request, retry=True))
 
     def entries(
         self, leaderboard: str, user_ids: Iterable[str], period: str = ""
@@ -322,7 +337,7 @@ class Client:
         request = _pb.GetEntriesRequest(
             leaderboard=leaderboard, user_ids=list(user_ids), period=period
         )
-        reply = self._call(self._stub.GetEntries, request)
+        reply = self._call(self._stub.GetEntries, request, retry=True)
         return Friends(
             [_entry(e) for e in reply.entries],
             list(reply.list_ranks),
@@ -351,14 +366,29 @@ class Client:
         finally:
             stream.cancel()
 
-    def _call(self, method: Callable[..., T], request: Any) -> T:
-        try:
-            return method(request, timeout=self.timeout)
-        except ValueError as exc:
-            # A field the proto cannot hold, such as a limit past 2**31.
-            raise InvalidArgument(str(exc)) from None
-        except grpc.RpcError as exc:
-            raise from_status(exc.code(), exc.details() or "") from None
+    def _call(self, method: Callable[..., T], request: Any, retry: bool = False) -> T:
+        """Call with a deadline of ``timeout`` seconds in all.
+
+        With ``retry``, for calls that are safe to repeat, UNAVAILABLE is
+        retried with backoff until the deadline.
+        """
+        deadline = time.monotonic() + self.timeout
+        pause = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(left, 0.001))
+            except ValueError as exc:
+                # A field the proto cannot hold, such as a limit past 2**31.
+                raise InvalidArgument(str(exc)) from None
+            except grpc.RpcError as exc:
+                error = from_status(exc.code(), exc.details() or "")
+            if not (retry and isinstance(error, Unavailable)):
+                raise error
+            if time.monotonic() + pause >= deadline:
+                raise error
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 def _choose(options: dict[str, Any], value: str, field: str) -> Any:

@@ -11,13 +11,18 @@ coordinator's deletion is seen within that time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import cast
 
+from psycopg import AsyncConnection
+
 from chronoscore import _periods
-from chronoscore._db import make_pool
+from chronoscore._db import is_unavailable, make_pool
 from chronoscore._periods import Period, Reset
 from chronoscore._schema import migrate
 from chronoscore._validate import check_leaderboard
@@ -26,6 +31,7 @@ from chronoscore.errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    Unavailable,
 )
 from chronoscore.v1 import leaderboard_pb2 as _pb
 
@@ -160,6 +166,7 @@ class Catalog:
         self.ttl = ttl
         self._pool = make_pool(dsn, "chronoscore-catalog", max_size=4, timeout=timeout)
         self._cache: dict[str, tuple[float, Board]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     async def open(self) -> None:
         await self._pool.open(wait=True, timeout=30)
@@ -170,11 +177,21 @@ class Catalog:
         await self._pool.close()
 
     async def get(self, name: str) -> Board:
-        """The named leaderboard; NotFound if it does not exist."""
+        """The named leaderboard; NotFound if it does not exist.
+
+        A cached configuration older than ``ttl`` is still returned at
+        once while it is re-read in the background, so reads go on
+        while PostgreSQL is down.
+        """
         cached = self._cache.get(name)
-        if cached is not None and time.monotonic() - cached[0] < self.ttl:
-            return cached[1]
-        async with self._pool.connection() as conn:
+        if cached is None:
+            return await self._load(name)
+        if time.monotonic() - cached[0] >= self.ttl and name not in self._refreshing:
+            self._refreshing[name] = asyncio.create_task(self._refresh(name))
+        return cached[1]
+
+    async def _load(self, name: str) -> Board:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM leaderboards WHERE name = %s", [name]
             )
@@ -184,9 +201,30 @@ class Catalog:
             raise NotFound(f"leaderboard {name!r} does not exist")
         return self._remember(Board(*row))
 
+    async def _refresh(self, name: str) -> None:
+        try:
+            await self._load(name)
+        except (NotFound, Unavailable) as exc:
+            logger.debug("refreshing leaderboard %s: %s", name, exc)
+        finally:
+            del self._refreshing[name]
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; Unavailable if PostgreSQL cannot be reached."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            raise Unavailable(
+                f"the catalog's PostgreSQL is unavailable: {exc}"
+            ) from None
+
     async def create(self, wanted: Board) -> Board:
         """Create a leaderboard, or return it if it exists identically."""
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 f"""
                 INSERT INTO leaderboards
@@ -219,7 +257,7 @@ class Catalog:
 
     async def delete(self, name: str) -> Board:
         """Delete a leaderboard and all its entries from PostgreSQL."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
                 f"DELETE FROM leaderboards WHERE name = %s RETURNING {_COLUMNS}",
                 [name],
@@ -234,7 +272,7 @@ class Catalog:
         return board
 
     async def list(self) -> list[Board]:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT {_COLUMNS} FROM leaderboards ORDER BY name"
             )
