@@ -18,6 +18,8 @@ from .errors import (
     InvalidArgument,
     NotFound,
     OutOfRange,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -37,6 +39,8 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "OutOfRange",
+    "PermissionDenied",
+    "Unauthenticated",
     "Unavailable",
 ]
 

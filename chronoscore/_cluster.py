@@ -101,6 +101,8 @@ class LocalCluster:
         log_dir: Path | None = None,
         log_level: str = "INFO",
         metrics_ports: dict[str, int] | None = None,
+        shard_args: list[str] | None = None,
+        coordinator_args: list[str] | None = None,
     ) -> None:
         if shards < 1:
             raise FailedPrecondition(f"a cluster needs at least 1 shard, got {shards}")
@@ -111,6 +113,9 @@ class LocalCluster:
         self.log_dir = log_dir
         self.log_level = log_level
         self.metrics_ports = metrics_ports or {}
+        # Extra flags, such as TLS files and tokens.
+        self.shard_args = shard_args or []
+        self.coordinator_args = coordinator_args or []
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="chronoscore-")
@@ -265,6 +270,7 @@ class LocalCluster:
             self.log_level,
             "--metrics-port",
             str(self.metrics_ports.get(name, 0)),
+            *(self.coordinator_args if name == "coordinator" else self.shard_args),
         ]
         stderr = None
         if self.log_dir is not None:

@@ -11,7 +11,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ __all__ = [
     "Malformed",
     "add_service",
     "add_health_and_reflection",
+    "refusal",
 ]
 
 # When the call being served must be answered by (time.monotonic()), so
@@ -96,10 +97,18 @@ def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
     return wrapper
 
 
-def listen(server: aio.Server, host: str, port: int) -> int:
-    """Bind an insecure port; return the port bound (useful with 0)."""
+def listen(
+    server: aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Bind a port, with TLS if given; return the port bound (for 0)."""
+    address = f"{host}:{port}"
     try:
-        return int(server.add_insecure_port(f"{host}:{port}"))
+        if credentials is None:
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, credentials))
     except RuntimeError as exc:
         raise FailedPrecondition(f"cannot listen on {host}:{port}: {exc}") from None
 
@@ -167,6 +176,26 @@ async def serve_until_stopped(
 
 
 _SHARD_SERVICE = "/chronoscore.v1.ShardService/"
+
+
+def refusal(
+    code: grpc.StatusCode, message: str
+) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
+    """Handlers that end a call with ``code``: (unary, server-streaming)."""
+
+    async def refuse(request: object, context: aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    async def refuse_stream(
+        request: object, context: aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        await context.abort(code, message)
+        yield
+
+    return (
+        grpc.unary_unary_rpc_method_handler(refuse),
+        grpc.unary_stream_rpc_method_handler(refuse_stream),
+    )
 
 
 class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]

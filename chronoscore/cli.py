@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("CHRONOSCORE_TARGET", DEFAULT_TARGET),
         help="coordinator HOST:PORT (default: $CHRONOSCORE_TARGET or %(default)s)",
     )
+    client.add_argument(
+        "--token",
+        default=os.environ.get("CHRONOSCORE_TOKEN"),
+        help="bearer token (default: $CHRONOSCORE_TOKEN)",
+    )
+    client.add_argument("--tls-ca", type=Path, help="CA to trust for TLS")
+    client.add_argument("--tls-cert", type=Path, help="certificate for mutual TLS")
+    client.add_argument("--tls-key", type=Path, help="key for mutual TLS")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
         "--timeout", type=_seconds, default=10.0, help="seconds per call"
@@ -263,7 +271,14 @@ def _int64(text: str) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.target, timeout=args.timeout)
+    return Client(
+        args.target,
+        timeout=args.timeout,
+        token=args.token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
 
 
 def _create(args: argparse.Namespace) -> None:

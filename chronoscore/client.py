@@ -24,12 +24,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
 from ._keys import SCORE_MAX, SCORE_MIN
+from ._security import TlsFiles, channel_credentials
 from .errors import (
     ChronoscoreError,
     InvalidArgument,
@@ -168,14 +170,33 @@ class Result:
 
 
 class Client:
-    def __init__(self, target: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 10.0,
+        token: str | None = None,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
+        """Connect to a coordinator.
+
+        ``token`` is sent as a bearer token. Any of the TLS files makes the
+        channel TLS: ``tls_ca`` to trust the server, ``tls_cert`` and
+        ``tls_key`` for mutual TLS.
+        """
         if not target.strip():
             raise InvalidArgument("target must be HOST:PORT, got an empty string")
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 << 20)]
-        )
+        self._metadata = () if not token else (("authorization", f"Bearer {token}"),)
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        credentials = channel_credentials(TlsFiles(tls_cert, tls_key, tls_ca))
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = _grpc.LeaderboardServiceStub(self._channel)
 
     def close(self) -> None:
@@ -286,6 +307,7 @@ class Client:
         return self._stub.UpsertUser.future(
             _pb.UpsertUserRequest(user_id=user_id, display_name=display_name),
             timeout=self.timeout,
+            metadata=self._metadata,
         )
 
     # Reads
@@ -356,7 +378,7 @@ class Client:
         request = _pb.WatchTopRequest(
             leaderboard=leaderboard, limit=limit, min_interval_ms=min_interval_ms
         )
-        stream = self._stub.WatchTop(request)
+        stream = self._stub.WatchTop(request, metadata=self._metadata)
         try:
             for reply in stream:
                 yield _page(reply)
@@ -377,7 +399,9 @@ class Client:
         while True:
             left = deadline - time.monotonic()
             try:
-                return method(request, timeout=max(left, 0.001))
+                return method(
+                    request, timeout=max(left, 0.001), metadata=self._metadata
+                )
             except ValueError as exc:
                 # A field the proto cannot hold, such as a limit past 2**31.
                 raise InvalidArgument(str(exc)) from None

@@ -8,6 +8,8 @@ Hierarchy::
      ├── AlreadyExists        a leaderboard exists with another configuration
      ├── OutOfRange           a score would leave the int64 range
      ├── FailedPrecondition   the cluster is not in a state to serve it
+     ├── Unauthenticated      no valid bearer token
+     ├── PermissionDenied     the token lacks the scope the call needs
      └── Unavailable          a shard or PostgreSQL cannot be reached
 
 Servers map each class to the gRPC status of the same name, and the
@@ -26,6 +28,8 @@ __all__ = [
     "AlreadyExists",
     "OutOfRange",
     "FailedPrecondition",
+    "Unauthenticated",
+    "PermissionDenied",
     "Unavailable",
     "from_status",
     "from_code_number",
@@ -68,6 +72,18 @@ class FailedPrecondition(ChronoscoreError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Unauthenticated(ChronoscoreError):
+    """The call carried no valid bearer token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ChronoscoreError):
+    """The bearer token lacks the scope the call needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(ChronoscoreError):
     """A shard or the database is unreachable; retrying may succeed."""
 
@@ -82,6 +98,8 @@ _BY_CODE = {
         AlreadyExists,
         OutOfRange,
         FailedPrecondition,
+        Unauthenticated,
+        PermissionDenied,
         Unavailable,
     )
 }

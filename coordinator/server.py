@@ -13,6 +13,16 @@ from grpc import aio
 from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
 from chronoscore._metrics import RING_INFO, serve_metrics
+from chronoscore._security import (
+    PLAINTEXT,
+    TlsFiles,
+    TokenCheck,
+    Tokens,
+    add_tls_arguments,
+    channel_credentials,
+    server_credentials,
+    tls_files,
+)
 from chronoscore._server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -56,9 +66,12 @@ async def serve(
     port: int = 0,
     port_file: Path | None = None,
     metrics_port: int = 0,
+    tls: TlsFiles = PLAINTEXT,
+    shard_tls: TlsFiles = PLAINTEXT,
+    tokens: Tokens | None = None,
 ) -> None:
     """Serve the public API until SIGINT or SIGTERM."""
-    clients = ShardClients(shards)
+    clients = ShardClients(shards, credentials=channel_credentials(shard_tls))
     ring = clients.ring
     RING_INFO.labels(ring.fingerprint, ",".join(ring.shards)).set(1)
     if metrics_port:
@@ -73,9 +86,10 @@ async def serve(
         await clients.close()
         await catalog.close()
 
-    server = aio.server(options=SERVER_OPTIONS)
+    interceptors = [] if tokens is None else [TokenCheck(tokens)]
+    server = aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     add_service(_grpc.add_LeaderboardServiceServicer_to_server, servicer, server)
-    bound = listen(server, host, port)
+    bound = listen(server, host, port, server_credentials(tls))
     logger.info("coordinator routing to shards %s", ", ".join(sorted(shards)))
     checker = add_health_and_reflection(server, ["chronoscore.v1.LeaderboardService"])
     await serve_until_stopped(
@@ -130,6 +144,14 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="serve Prometheus metrics over HTTP on this port (0: off)",
     )
+    add_tls_arguments(parser, "tls-", "CA whose certificates clients must present")
+    add_tls_arguments(parser, "shard-tls-", "CA that signed the shards' certificates")
+    parser.add_argument(
+        "--tokens",
+        type=Path,
+        help="JSON file of bearer-token digests and scopes; without it the"
+        " public API takes every caller",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.dsn:
@@ -146,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
                 port=args.port,
                 port_file=args.port_file,
                 metrics_port=args.metrics_port,
+                tls=tls_files(args, "tls-"),
+                shard_tls=tls_files(args, "shard-tls-"),
+                tokens=None if args.tokens is None else Tokens.load(args.tokens),
             )
         )
     except ChronoscoreError as exc:

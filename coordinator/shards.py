@@ -33,7 +33,13 @@ _UNREACHABLE = (
 class ShardClients:
     """One channel and stub per shard, and the ring that routes to them."""
 
-    def __init__(self, addresses: Mapping[str, str], *, timeout: float = 10.0):
+    def __init__(
+        self,
+        addresses: Mapping[str, str],
+        *,
+        timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.ring = Ring(addresses)
         self.timeout = timeout
         self._metadata = {
@@ -41,9 +47,10 @@ class ShardClients:
             for name in addresses
         }
         self._channels = {
-            name: aio.insecure_channel(
+            name: _channel(
                 address,
-                options=[
+                credentials,
+                [
                     ("grpc.max_receive_message_length", 64 << 20),
                     # A restarted shard is back within seconds; keep the
                     # reconnect backoff short so it is used right away.
@@ -112,3 +119,13 @@ class ShardClients:
             if isinstance(result, BaseException):
                 raise result
         return dict(zip(names, results, strict=True))  # type: ignore[arg-type]
+
+
+def _channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: list[tuple[str, int]],
+) -> aio.Channel:
+    if credentials is None:
+        return aio.insecure_channel(address, options=options)
+    return aio.secure_channel(address, credentials, options=options)

@@ -14,6 +14,13 @@ from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
 from chronoscore._metrics import RING_INFO, serve_metrics, watch_index_sizes
 from chronoscore._ring import Ring
+from chronoscore._security import (
+    PLAINTEXT,
+    TlsFiles,
+    add_tls_arguments,
+    server_credentials,
+    tls_files,
+)
 from chronoscore._server import (
     SERVER_OPTIONS,
     RingCheck,
@@ -44,8 +51,13 @@ async def serve(
     port: int = 0,
     port_file: Path | None = None,
     metrics_port: int = 0,
+    tls: TlsFiles = PLAINTEXT,
 ) -> None:
-    """Serve one shard until SIGINT or SIGTERM."""
+    """Serve one shard until SIGINT or SIGTERM.
+
+    With ``tls.ca`` set, only callers holding a certificate that CA
+    signed (the cluster credential) get through the TLS handshake.
+    """
     shard = Shard(name, ring, Store(dsn), ShardLease(dsn, name))
     await shard.start()
     RING_INFO.labels(ring.fingerprint, ",".join(ring.shards)).set(1)
@@ -57,7 +69,7 @@ async def serve(
     add_service(
         _shard_grpc.add_ShardServiceServicer_to_server, ShardServicer(shard), server
     )
-    bound = listen(server, host, port)
+    bound = listen(server, host, port, server_credentials(tls))
     checker = add_health_and_reflection(server, ["chronoscore.v1.ShardService"])
     await serve_until_stopped(
         server,
@@ -97,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="serve Prometheus metrics over HTTP on this port (0: off)",
     )
+    add_tls_arguments(
+        parser,
+        "tls-",
+        "CA whose certificates callers must present (mutual TLS)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.dsn:
@@ -114,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                 port=args.port,
                 port_file=args.port_file,
                 metrics_port=args.metrics_port,
+                tls=tls_files(args, "tls-"),
             )
         )
     except ChronoscoreError as exc:

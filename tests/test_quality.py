@@ -27,8 +27,10 @@ def test_public_names_are_pinned() -> None:
         "OutOfRange",
         "Page",
         "Period",
+        "PermissionDenied",
         "RankedEntry",
         "Result",
+        "Unauthenticated",
         "Unavailable",
         "Update",
     ]
