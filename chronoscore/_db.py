@@ -28,6 +28,19 @@ def make_pool(
     )
 
 
+# SQLSTATE classes that mean the server cannot be reached or will not
+# take work now: connection exceptions, shutdowns, and lack of resources.
+_UNREACHABLE_STATES = ("08", "57P", "53")
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """Whether an exception means PostgreSQL could not be reached."""
-    return isinstance(exc, psycopg.OperationalError | PoolTimeout)
+    """Whether an exception means PostgreSQL could not be reached.
+
+    A deadlock or serialization failure is also an OperationalError, but
+    the server is up; the caller should retry the transaction instead.
+    """
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    return exc.sqlstate is None or exc.sqlstate.startswith(_UNREACHABLE_STATES)

@@ -22,6 +22,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ._db import is_unavailable
 from ._metrics import RPC_SECONDS
 from ._ring import RING_HEADER, SHARD_HEADER, Ring
 from .errors import ChronoscoreError, FailedPrecondition
@@ -90,6 +91,16 @@ def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
                 logger.error("%s failed: %s", method.__name__, exc)
             await context.abort(exc.code, str(exc))
             raise  # context.abort raises; this line is never reached
+        except Exception as exc:
+            # A lost database connection that a lower layer did not
+            # translate is still the database being unavailable.
+            if not is_unavailable(exc):
+                raise
+            code = "UNAVAILABLE"
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"PostgreSQL is unavailable: {exc}"
+            )
+            raise
         finally:
             elapsed = time.perf_counter() - started
             RPC_SECONDS.labels(method.__name__, code).observe(elapsed)

@@ -256,17 +256,22 @@ class Catalog:
         return board
 
     async def delete(self, name: str) -> Board:
-        """Delete a leaderboard and all its entries from PostgreSQL."""
-        async with self._connection() as conn, conn.transaction():
+        """Delete a leaderboard from the catalog.
+
+        Its entries become unreachable at once (queries go by id) and
+        each shard deletes its own rows of it: deleting them all here
+        would take row locks in another order than the shards' commits
+        and deadlock with them.
+        """
+        async with self._connection() as conn:
             cur = await conn.execute(
                 f"DELETE FROM leaderboards WHERE name = %s RETURNING {_COLUMNS}",
                 [name],
             )
             row = await cur.fetchone()
-            if row is None:
-                raise NotFound(f"leaderboard {name!r} does not exist")
-            board = Board(*row)
-            await conn.execute("DELETE FROM user_score WHERE board_id = %s", [board.id])
+        if row is None:
+            raise NotFound(f"leaderboard {name!r} does not exist")
+        board = Board(*row)
         self._cache.pop(name, None)
         logger.info("leaderboard %s (id %d) deleted", name, board.id)
         return board

@@ -23,7 +23,7 @@ from chronoscore.v1 import shard_pb2 as _shard_pb
 from .catalog import Board
 from .shards import ShardClients
 
-__all__ = ["Reader", "Ranked", "merge"]
+__all__ = ["Reader", "Ranked", "Moved", "merge", "to_entries"]
 
 # Pivots each shard offers per round of the page search. More pivots
 # mean fewer rounds and larger messages; 64 finds a position among a
@@ -35,6 +35,10 @@ _SHALLOW = 1000
 
 # The search ends in a few rounds unless writes keep moving the entries.
 _MAX_ROUNDS = 32
+
+
+class Moved(Unavailable):
+    """An entry moved between the steps of a read; reading again helps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +186,7 @@ class Reader:
         merged = merge(lists.values(), self.board.ascending)
         me = next((i for i, e in enumerate(merged) if e.user_id == user_id), None)
         if me is None:
-            raise Unavailable(
-                f"user {user_id!r} moved while the window was read; try again"
-            )
+            raise Moved(f"user {user_id!r} moved while the window was read; try again")
         first = max(0, me - (position - start))
         window = [
             Ranked(e, start + i) for i, e in enumerate(merged[first : first + width])
@@ -218,13 +220,20 @@ class Reader:
             return [], missing, total
 
         counts, total = await self.count([_position(e) for e in found])
-        ranked = sorted(
-            (
-                (Ranked(e, ahead), better + 1)
-                for e, (ahead, better) in zip(found, counts, strict=True)
+        pairs = sorted(
+            zip(found, counts, strict=True),
+            key=lambda p: sort_key(
+                p[0].score, p[0].reached_us, p[0].user_id, self.board.ascending
             ),
-            key=lambda pair: pair[0].position,
         )
+        # The counts of each entry come from a slightly different moment
+        # while writes go on; keep positions strictly increasing in list
+        # order so one answer never gives two users the same place.
+        ranked: list[tuple[Ranked, int]] = []
+        for entry, (ahead, better) in pairs:
+            if ranked and ahead <= ranked[-1][0].position:
+                ahead = ranked[-1][0].position + 1
+            ranked.append((Ranked(entry, ahead), better + 1))
         return ranked, missing, total
 
     async def shared_rank_of_score(self, score: int) -> int:

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar, cast
 
 from grpc import aio
 
@@ -26,12 +26,14 @@ from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
 from chronoscore.v1 import shard_pb2 as _shard_pb
 
 from .catalog import Board, Catalog, board_from_proto, period_proto
-from .queries import Ranked, Reader, to_entries
+from .queries import Moved, Ranked, Reader, to_entries
 from .shards import ShardClients
 
 __all__ = ["LeaderboardServicer"]
 
 logger = logging.getLogger("chronoscore.coordinator")
+
+T = TypeVar("T")
 
 
 def now_us() -> int:
@@ -42,6 +44,17 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
     def __init__(self, shards: ShardClients, catalog: Catalog) -> None:
         self.shards = shards
         self.catalog = catalog
+        self._last_stamp = 0
+
+    def _stamp(self) -> int:
+        """This update's arrival time: distinct, and in arrival order.
+
+        Updates arriving within one microsecond, as in a batch, are
+        spread over the next microseconds so equal scores keep the
+        order in which they arrived, whichever shard they land on.
+        """
+        self._last_stamp = max(now_us(), self._last_stamp + 1)
+        return self._last_stamp
 
     # Leaderboards
 
@@ -113,12 +126,16 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         self, request: _pb.SubmitScoresRequest, context: aio.ServicerContext
     ) -> _pb.SubmitScoresResponse:
         updates = check.check_batch(list(request.updates))
+        names = sorted({u.leaderboard for u in updates})
+        found = await asyncio.gather(
+            *(self.catalog.get(name) for name in names), return_exceptions=True
+        )
         boards: dict[str, Board] = {}
-        for name in {u.leaderboard for u in updates}:
-            try:
-                boards[name] = await self.catalog.get(name)
-            except NotFound:
-                pass
+        for name, board in zip(names, found, strict=True):
+            if isinstance(board, Board):
+                boards[name] = board
+            elif not isinstance(board, NotFound):
+                raise board
         return _pb.SubmitScoresResponse(results=await self._apply(updates, boards))
 
     async def _apply(
@@ -135,7 +152,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
                 error = NotFound(f"leaderboard {update.leaderboard!r} does not exist")
                 results[i] = _failure(error)
                 continue
-            writes[i] = _shard_update(update, board, arrived)
+            writes[i] = _shard_update(update, board, self._stamp())
             by_owner[self.shards.ring.owner(update.user_id)].append(i)
 
         async def send(owner: str, where: list[int]) -> None:
@@ -236,7 +253,9 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         above = check.check_window(request.above, "above")
         below = check.check_window(request.below, "below")
         reader, period = await self._reader(request.leaderboard, request.period)
-        window, total, me = await reader.around(user, above, below)
+        window, total, me = await _again_if_moved(
+            lambda: reader.around(user, above, below)
+        )
         first = await self._first_shared(reader, window, me)
         return _pb.EntriesResponse(
             entries=to_entries(reader.board, window, first),
@@ -312,10 +331,14 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             return
 
         last: _pb.EntriesResponse | None = None
+        board_id: int | None = None
         while True:
             started = time.monotonic()
             try:
                 reader, period = await self._reader(name, "")
+                if board_id is not None and reader.board.id != board_id:
+                    raise NotFound(f"leaderboard {name!r} was deleted")
+                board_id = reader.board.id
                 ranked, total = await reader.top(limit)
             except Unavailable as exc:
                 logger.debug("watch of %s waiting: %s", name, exc)
@@ -334,11 +357,23 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
+async def _again_if_moved(read: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """Run a multi-step read again if a write moved its entry meanwhile."""
+    for attempt in range(attempts):
+        try:
+            return await read()
+        except Moved:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _shard_update(
     update: check.Update, board: Board, arrived_us: int
 ) -> _shard_pb.ShardUpdate:
     period = board.period_at(arrived_us)
     write = _shard_pb.ShardUpdate(
+        arrived_us=arrived_us,
         board=_shard_pb.BoardPeriod(
             board_id=board.id,
             period_start_us=period.start_us,

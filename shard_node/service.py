@@ -179,6 +179,7 @@ def _write(update: _shard_pb.ShardUpdate, i: int) -> Write:
         mode=mode,
         metadata=metadata,
         request_id=check.check_request_id(update.request_id, f"{field}request_id"),
+        arrived_us=update.arrived_us,
     )
 
 

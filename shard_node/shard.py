@@ -21,7 +21,9 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from psycopg.errors import DeadlockDetected, SerializationFailure
 
 from chronoscore import _keys
 from chronoscore._db import is_unavailable
@@ -69,6 +71,7 @@ class Write:
     mode: int
     metadata: bytes | None = None
     request_id: str = ""
+    arrived_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,7 @@ class Shard:
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=10_000)
         self._loop_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -161,6 +165,7 @@ class Shard:
         self._last_reached_us = snapshot.last_reached_us
         self._loop_task = asyncio.create_task(self._commit_loop())
         self._expiry_task = asyncio.create_task(self._expire_requests())
+        self._sweep_task = asyncio.create_task(self._sweep())
         logger.info(
             "shard %s rebuilt %d entries in %d leaderboard periods in %.2fs",
             self.name,
@@ -171,8 +176,9 @@ class Shard:
 
     async def stop(self) -> None:
         """Commit what is queued, then close the store."""
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
+        for task in (self._expiry_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
         if self._loop_task is not None:
             await self._queue.put(_STOP)
             await self._loop_task
@@ -196,6 +202,10 @@ class Shard:
         """Apply writes in order; one outcome each, once committed."""
         for write in writes:
             self.check_owner(write.user_id)
+        writes = [
+            w if not w.arrived_us else replace(w, arrived_us=_arrival(w.arrived_us))
+            for w in writes
+        ]
         job = _Job(writes=writes, arrived_us=_arrival(arrived_us))
         return await self._submit(job)
 
@@ -313,7 +323,9 @@ class Shard:
             else:
                 results.append(
                     [
-                        self._compute(w, changes, stored, requests, job.arrived_us)
+                        self._compute(
+                            w, changes, stored, requests, w.arrived_us or job.arrived_us
+                        )
                         for w in job.writes
                     ]
                 )
@@ -340,7 +352,7 @@ class Shard:
         started = time.perf_counter()
         try:
             if batch:
-                await self.store.write(batch)
+                await self._write(batch)
         except Exception as exc:
             _answer_all(jobs, self._commit_error(exc))
             return
@@ -384,6 +396,18 @@ class Shard:
         for prune in prunes:
             for board in self._pruned_boards(prune):
                 del self.indexes[board]
+
+    async def _write(self, batch: Batch) -> None:
+        """Write a batch, again if PostgreSQL rolled it back for a
+        conflict with another transaction (a deadlock, say)."""
+        for attempt in range(3):
+            try:
+                await self.store.write(batch)
+                return
+            except (DeadlockDetected, SerializationFailure) as exc:
+                if attempt == 2:
+                    raise
+                logger.warning("shard %s retrying a commit: %s", self.name, exc)
 
     def _commit_error(self, exc: Exception) -> ChronoscoreError:
         if is_unavailable(exc):
@@ -539,6 +563,28 @@ class Shard:
         self._recent.move_to_end(key)
         while len(self._recent) > _RECENT_REQUESTS:
             self._recent.popitem(last=False)
+
+    async def _sweep(self) -> None:
+        """Drop entries of deleted leaderboards, now and every 30 s.
+
+        The coordinator tells every shard when it deletes a leaderboard;
+        this catches shards that missed it and writes that raced it.
+        """
+        while True:
+            try:
+                live, highest = await self.store.live_boards()
+                dead = {b for b, _ in self.indexes if b <= highest and b not in live}
+                dead |= await self.store.orphaned_boards(self.slots)
+                for board_id in sorted(dead):
+                    await self.prune(board_id, 0, drop_board=True)
+                    logger.info(
+                        "shard %s dropped deleted leaderboard %d", self.name, board_id
+                    )
+            except Exception as exc:
+                if not (is_unavailable(exc) or isinstance(exc, ChronoscoreError)):
+                    raise
+                logger.debug("shard %s could not sweep: %s", self.name, exc)
+            await asyncio.sleep(30)
 
     async def _expire_requests(self) -> None:
         while True:

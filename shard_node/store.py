@@ -265,6 +265,30 @@ class Store:
                 "DELETE FROM users WHERE user_id = %s", [removal.user_id]
             )
 
+    async def live_boards(self) -> tuple[set[int], int]:
+        """Leaderboard ids in the catalog, and the highest id ever given.
+
+        Ids only grow, so a missing id below the highest was deleted; one
+        above it may just be newer than this read.
+        """
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT id FROM leaderboards")
+            ids = {int(row[0]) for row in await cur.fetchall()}
+            cur = await conn.execute("SELECT last_value FROM leaderboards_id_seq")
+            row = await cur.fetchone()
+        return ids, int(row[0]) if row else 0
+
+    async def orphaned_boards(self, slots: Sequence[int]) -> set[int]:
+        """Ids of deleted leaderboards that still have rows in ``slots``."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT board_id FROM user_score s WHERE slot = ANY(%s)"
+                " AND NOT EXISTS"
+                " (SELECT 1 FROM leaderboards b WHERE b.id = s.board_id)",
+                [list(slots)],
+            )
+            return {int(row[0]) for row in await cur.fetchall()}
+
     async def expire_requests(self, slots: Sequence[int], hours: int) -> int:
         """Forget request ids older than ``hours``; return how many."""
         async with self._pool.connection() as conn:

@@ -19,20 +19,22 @@ class BoardPeriod(_message.Message):
     def __init__(self, board_id: _Optional[int] = ..., period_start_us: _Optional[int] = ..., ascending: _Optional[bool] = ...) -> None: ...
 
 class ShardUpdate(_message.Message):
-    __slots__ = ("board", "user_id", "score", "mode", "metadata", "request_id")
+    __slots__ = ("board", "user_id", "score", "mode", "metadata", "request_id", "arrived_us")
     BOARD_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ARRIVED_US_FIELD_NUMBER: _ClassVar[int]
     board: BoardPeriod
     user_id: str
     score: int
     mode: _leaderboard_pb2.ScoreMode
     metadata: bytes
     request_id: str
-    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., user_id: _Optional[str] = ..., score: _Optional[int] = ..., mode: _Optional[_Union[_leaderboard_pb2.ScoreMode, str]] = ..., metadata: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
+    arrived_us: int
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., user_id: _Optional[str] = ..., score: _Optional[int] = ..., mode: _Optional[_Union[_leaderboard_pb2.ScoreMode, str]] = ..., metadata: _Optional[bytes] = ..., request_id: _Optional[str] = ..., arrived_us: _Optional[int] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
     __slots__ = ("updates", "arrived_us")
