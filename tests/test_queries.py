@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from chronoscore import Client, Page, Update
+from chronoscore import Client, NotFound, Page, Update
 from chronoscore._cluster import LocalCluster
 from chronoscore._periods import Reset, period_of
 from chronoscore._ring import Ring, slot_of
@@ -233,3 +233,69 @@ def _eventually(call, seconds: float = 15.0):  # type: ignore[no-untyped-def]
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_batch_order_decides_ties_across_shards(
+    client: Client, cluster: LocalCluster
+) -> None:
+    client.create_leaderboard("ties")
+    ring = Ring(cluster.names)
+    # Pairs of users on different shards, the later one with the
+    # smaller id: only arrival order can put the first one ahead.
+    users = [f"u{i:03d}" for i in range(60)]
+    late = sorted(users, reverse=True)
+    assert len({ring.owner(u) for u in late[:10]}) > 1
+    results = client.submit_scores([Update("ties", u, 100) for u in late])
+    assert all(r.ok for r in results)
+    assert [e.user_id for e in client.top("ties", 100).entries] == late
+
+
+def test_delete_while_writing_leaves_nothing_behind(
+    client: Client, cluster: LocalCluster
+) -> None:
+    stop = threading.Event()
+    failures: list[Exception] = []
+
+    def write() -> None:
+        with Client(cluster.target) as writer:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                batch = [Update("churn", f"w{j}", i) for j in range(200)]
+                try:
+                    results = writer.submit_scores(batch)
+                except Exception as exc:  # noqa: BLE001 - recorded, then asserted
+                    failures.append(exc)
+                    continue
+                for result in results:
+                    if result.error is not None and not isinstance(
+                        result.error, NotFound
+                    ):
+                        failures.append(result.error)
+
+    client.create_leaderboard("churn")
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for _ in range(10):
+        client.delete_leaderboard("churn")
+        client.create_leaderboard("churn")
+        time.sleep(0.1)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    client.delete_leaderboard("churn")
+
+    assert failures == []
+    # Rows of deleted leaderboards go within a sweep (every 30 s).
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        with psycopg.connect(cluster.dsn) as conn:
+            (left,) = conn.execute(
+                "SELECT count(*) FROM user_score s WHERE NOT EXISTS"
+                " (SELECT 1 FROM leaderboards b WHERE b.id = s.board_id)"
+            ).fetchone()  # type: ignore[misc]
+        if left == 0:
+            break
+        time.sleep(1)
+    assert left == 0
