@@ -18,7 +18,6 @@ from chronoscore.errors import (
     ChronoscoreError,
     InvalidArgument,
     NotFound,
-    Unavailable,
     from_code_number,
 )
 from chronoscore.v1 import leaderboard_pb2 as _pb
@@ -28,6 +27,7 @@ from chronoscore.v1 import shard_pb2 as _shard_pb
 from .catalog import Board, Catalog, board_from_proto, period_proto
 from .queries import Moved, Ranked, Reader, to_entries
 from .shards import ShardClients
+from .watch import Feeds
 
 __all__ = ["LeaderboardServicer"]
 
@@ -44,6 +44,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
     def __init__(self, shards: ShardClients, catalog: Catalog) -> None:
         self.shards = shards
         self.catalog = catalog
+        self.feeds = Feeds(self._poll_top)
         self._last_stamp = 0
 
     def _stamp(self) -> int:
@@ -330,31 +331,19 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             await context.abort(exc.code, str(exc))
             return
 
-        last: _pb.EntriesResponse | None = None
-        board_id: int | None = None
-        while True:
-            started = time.monotonic()
-            try:
-                reader, period = await self._reader(name, "")
-                if board_id is not None and reader.board.id != board_id:
-                    raise NotFound(f"leaderboard {name!r} was deleted")
-                board_id = reader.board.id
-                ranked, total = await reader.top(limit)
-            except Unavailable as exc:
-                logger.debug("watch of %s waiting: %s", name, exc)
-            except ChronoscoreError as exc:
-                await context.abort(exc.code, str(exc))
-                return
-            else:
-                reply = _pb.EntriesResponse(
-                    entries=to_entries(reader.board, ranked, 1),
-                    total=total,
-                    period=period,
-                )
-                if last is None or reply != last:
-                    yield reply
-                    last = reply
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        try:
+            async for reply in self.feeds.watch(name, limit, interval):
+                yield reply
+        except ChronoscoreError as exc:
+            await context.abort(exc.code, str(exc))
+
+    async def _poll_top(self, name: str, limit: int) -> tuple[_pb.EntriesResponse, int]:
+        reader, period = await self._reader(name, "")
+        ranked, total = await reader.top(limit)
+        reply = _pb.EntriesResponse(
+            entries=to_entries(reader.board, ranked, 1), total=total, period=period
+        )
+        return reply, reader.board.id
 
 
 async def _again_if_moved(read: Callable[[], Awaitable[T]], attempts: int = 3) -> T:

@@ -299,3 +299,31 @@ def test_delete_while_writing_leaves_nothing_behind(
             break
         time.sleep(1)
     assert left == 0
+
+
+def test_many_watchers_all_get_each_change(cluster: LocalCluster, client: Client) -> None:
+    client.create_leaderboard("crowd")
+    client.submit_score("crowd", "a", 1)
+    seen: list[list[str]] = [[] for _ in range(40)]
+    stop = threading.Event()
+
+    def watch(slot: list[str]) -> None:
+        with Client(cluster.target) as watcher:
+            for page in watcher.watch_top("crowd", limit=5, min_interval_ms=100):
+                slot.append(",".join(e.user_id for e in page.entries))
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=watch, args=(s,), daemon=True) for s in seen]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    client.submit_score("crowd", "b", 2)
+    deadline = time.monotonic() + 10
+    while any(s[-1:] != ["b,a"] for s in seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(s[-1:] == ["b,a"] for s in seen)
+    stop.set()
+    client.submit_score("crowd", "c", 3)
+    for thread in threads:
+        thread.join(timeout=10)
