@@ -301,7 +301,9 @@ def test_delete_while_writing_leaves_nothing_behind(
     assert left == 0
 
 
-def test_many_watchers_all_get_each_change(cluster: LocalCluster, client: Client) -> None:
+def test_many_watchers_all_get_each_change(
+    cluster: LocalCluster, client: Client
+) -> None:
     client.create_leaderboard("crowd")
     client.submit_score("crowd", "a", 1)
     seen: list[list[str]] = [[] for _ in range(40)]
