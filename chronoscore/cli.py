@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._cluster import LocalCluster
+from ._validate import MAX_BATCH
 from .client import (
     MODES,
     RESETS,
@@ -35,15 +36,17 @@ from .client import (
     Entry,
     Leaderboard,
     Page,
+    Update,
 )
-from .errors import ChronoscoreError
+from .errors import ChronoscoreError, InvalidArgument
 
 __all__ = ["main"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
-# Data from the cluster is printed as-is, never read as rich markup.
-console = Console(highlight=False)
+# Data from the cluster is printed as-is, never read as rich markup, and
+# long lines are not wrapped when the output is not a terminal.
+console = Console(highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -135,6 +138,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--metadata", help="text stored with the entry")
     submit.add_argument("--request-id", default="", help="makes retries safe")
+
+    batch = command(
+        "submit-batch",
+        "submit many updates: JSON lines from a file or stdin",
+        _submit_batch,
+    )
+    batch.add_argument(
+        "file",
+        nargs="?",
+        type=argparse.FileType("r"),
+        default=sys.stdin,
+        help='lines like {"leaderboard": "weekly", "user_id": "ada", "score": 5,'
+        ' "mode": "increment", "request_id": "r1"}; default: stdin',
+    )
 
     remove = command("remove", "remove a user from a leaderboard", _remove)
     remove.add_argument("leaderboard")
@@ -350,6 +367,7 @@ def _submit(args: argparse.Namespace) -> None:
             metadata=metadata,
             request_id=args.request_id,
         )
+    label = result.period.label if result.period else ""
     note = "" if result.changed else " (unchanged)"
     if result.replayed:
         note += " (an earlier request with this id)"
@@ -361,20 +379,73 @@ def _submit(args: argparse.Namespace) -> None:
             "replayed": result.replayed,
             "period": asdict(result.period) if result.period else None,
         },
-        f"{args.user_id} on {args.leaderboard}: {result.score}{note}",
+        f"{args.user_id} on {args.leaderboard}{_period(label)}: {result.score}{note}",
     )
+
+
+def _submit_batch(args: argparse.Namespace) -> None:
+    updates = [_update_from_json(line, n) for n, line in _lines(args.file)]
+    results = []
+    with _client(args) as client:
+        for start in range(0, len(updates), MAX_BATCH):
+            results += client.submit_scores(updates[start : start + MAX_BATCH])
+    docs = [
+        {"score": r.score, "changed": r.changed, "replayed": r.replayed}
+        if r.error is None
+        else {"error": {"code": r.error.code.name, "message": str(r.error)}}
+        for r in results
+    ]
+    failed = sum(r.error is not None for r in results)
+    if args.json:
+        _print_json({"results": docs})
+    else:
+        for n, r in enumerate(results, start=1):
+            if r.error is not None:
+                print(f"line {n}: {r.error.code.name}: {r.error}", file=sys.stderr)
+        console.print(f"{len(results) - failed} applied, {failed} failed", markup=False)
+    if failed:
+        raise SystemExit(1)
+
+
+def _lines(file: Any) -> Iterator[tuple[int, str]]:
+    for n, line in enumerate(file, start=1):
+        if line.strip():
+            yield n, line
+
+
+def _update_from_json(line: str, n: int) -> Update:
+    try:
+        doc = json.loads(line)
+        score = doc["score"]
+        if not isinstance(score, int) or isinstance(score, bool):
+            raise ValueError(f"score must be a whole number, got {score!r}")
+        metadata = doc.get("metadata")
+        return Update(
+            str(doc["leaderboard"]),
+            str(doc["user_id"]),
+            score,
+            doc.get("mode"),
+            None if metadata is None else str(metadata).encode(),
+            str(doc.get("request_id", "")),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(f"line {n}: {exc}") from None
 
 
 def _remove(args: argparse.Namespace) -> None:
     with _client(args) as client:
         removed = client.remove_entry(args.leaderboard, args.user_id)
-    _say(args, {"removed": removed}, f"removed {removed} entries")
+    _say(
+        args,
+        {"removed": removed},
+        f"removed {_entries(removed)}",
+    )
 
 
 def _remove_user(args: argparse.Namespace) -> None:
     with _client(args) as client:
         removed = client.remove_user(args.user_id)
-    _say(args, {"removed": removed}, f"removed {removed} entries and the profile")
+    _say(args, {"removed": removed}, f"removed {_entries(removed)} and the profile")
 
 
 def _user(args: argparse.Namespace) -> None:
@@ -421,7 +492,7 @@ def _friends(args: argparse.Namespace) -> None:
             }
         )
         return
-    print_entries(args.leaderboard, found.entries)
+    print_entries(args.leaderboard, found.entries, found.total, found.list_ranks)
     if found.missing:
         console.print(f"no entry: {', '.join(found.missing)}", markup=False)
 
@@ -466,8 +537,13 @@ def _rank(args: argparse.Namespace) -> None:
             "period": asdict(found.period),
         },
         f"{e.user_id}{name} is #{e.rank} of {found.total} on"
-        f" {args.leaderboard} with {e.score}",
+        f" {args.leaderboard}{_period(found.period.label)} with {e.score}"
+        + (f" (shares #{found.shared_rank})" if found.shared_rank != e.rank else ""),
     )
+
+
+def _period(label: str) -> str:
+    return f" ({label})" if label else ""
 
 
 def _say(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
@@ -593,18 +669,35 @@ def _demo_baseball(args: argparse.Namespace) -> None:
     )
 
 
-def print_entries(title: str, entries: list[Entry], total: int | None = None) -> None:
-    caption = None if total is None else f"{total} entries"
+def _entries(n: int) -> str:
+    return "1 entry" if n == 1 else f"{n:,} entries"
+
+
+def print_entries(
+    title: str,
+    entries: list[Entry],
+    total: int | None = None,
+    places: list[int] | None = None,
+) -> None:
+    caption = None if total is None else _entries(total)
     table = Table(title=title, title_justify="left", caption=caption)
+    if places is not None:
+        table.add_column("place", justify="right")
     table.add_column("rank", justify="right")
     table.add_column("user")
     table.add_column("name")
     table.add_column("score", justify="right")
     table.add_column("metadata")
-    for e in entries:
+    for i, e in enumerate(entries):
         meta = e.metadata.decode(errors="replace")
+        place = [] if places is None else [str(places[i])]
         table.add_row(
-            str(e.rank), Text(e.user_id), Text(e.display_name), str(e.score), Text(meta)
+            *place,
+            str(e.rank),
+            Text(e.user_id),
+            Text(e.display_name),
+            str(e.score),
+            Text(meta),
         )
     console.print(table)
 

@@ -187,3 +187,31 @@ def test_bad_options_are_usage_errors(args: list[str]) -> None:
     result = _run(*args, check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "usage:" in result.stderr
+
+
+def test_submit_batch_and_friends(cluster: LocalCluster, tmp_path: Path) -> None:
+    target = ["--target", cluster.target]
+    _json("create", "coins", "--operator", "increment", *target)
+    lines = tmp_path / "updates.jsonl"
+    lines.write_text(
+        '{"leaderboard": "coins", "user_id": "ada", "score": 5, "request_id": "r1"}\n'
+        "\n"
+        '{"leaderboard": "coins", "user_id": "bob", "score": 7}\n'
+        '{"leaderboard": "coins", "user_id": "ada", "score": 5, "request_id": "r1"}\n'
+        '{"leaderboard": "nowhere", "user_id": "eve", "score": 1}\n'
+    )
+    result = _run("submit-batch", str(lines), *target, "--json", check=False)
+    assert result.returncode == 1
+    docs = json.loads(result.stdout)["results"]
+    assert [d.get("score") for d in docs] == [5, 7, 5, None]
+    assert docs[2]["replayed"] and docs[3]["error"]["code"] == "NOT_FOUND"
+
+    friends = _json("friends", "coins", "ada", "bob", "zed", *target)
+    assert [e["user_id"] for e in friends["entries"]] == ["bob", "ada"]
+    assert friends["list_ranks"] == [1, 2] and friends["missing"] == ["zed"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"leaderboard": "coins", "user_id": "ada", "score": 1.5}\n')
+    result = _run("submit-batch", str(bad), *target, "--json", check=False)
+    assert result.returncode == 1
+    assert "line 1" in json.loads(result.stderr)["error"]["message"]
