@@ -665,3 +665,94 @@ def targets(reports: list[Report]) -> list[tuple[str, str, bool]]:
             (ours.restart_seconds or 0) <= 5,
         ),
     ]
+
+
+@dataclass
+class SoakReport:
+    seconds: float
+    operations: dict[str, int]
+    errors: dict[str, int]
+    rss_mb: dict[str, list[float]]
+
+    def growth(self) -> dict[str, float]:
+        """Each process's RSS at the end over its RSS after warm-up."""
+        return {
+            name: samples[-1] / samples[1] if len(samples) > 1 else 1.0
+            for name, samples in self.rss_mb.items()
+        }
+
+
+def soak(
+    target: str,
+    pids: dict[str, int],
+    *,
+    seconds: float,
+    users: int = 20_000,
+    workers: int = 3,
+    sample_every: float = 5.0,
+) -> SoakReport:
+    """Mixed load for ``seconds``: writes, batches and every read.
+
+    Samples each process's RSS every ``sample_every`` seconds; the first
+    sample is taken once the first writes have landed.
+    """
+    import psutil
+
+    from .client import Client, Update
+    from .errors import ChronoscoreError, NotFound
+
+    with Client(target) as client:
+        client.create_leaderboard("soak")
+        client.create_leaderboard("soak-daily", reset="daily", keep_periods=2)
+    operations: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    stop = time.monotonic() + seconds
+
+    def pick(rng: random.Random) -> str:
+        return f"s{rng.randrange(users):06d}"
+
+    def batch(client: Client, board: str, rng: random.Random) -> None:
+        updates = [Update(board, pick(rng), rng.randrange(10_000)) for _ in range(200)]
+        failed = [r.error for r in client.submit_scores(updates) if r.error]
+        if failed:
+            raise failed[0]
+
+    calls: dict[str, Callable[[Client, str, random.Random], object]] = {
+        "single": lambda c, b, r: c.submit_score(b, pick(r), r.randrange(10_000)),
+        "batch": batch,
+        "top": lambda c, b, r: c.top(b, 10),
+        "rank": lambda c, b, r: c.rank(b, pick(r)),
+        "around": lambda c, b, r: c.around(b, pick(r), 5, 5),
+        "page": lambda c, b, r: c.page(b, r.randrange(users), 10),
+        "friends": lambda c, b, r: c.entries(b, [pick(r) for _ in range(20)]),
+    }
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        kinds = sorted(calls)
+        with Client(target) as client:
+            while time.monotonic() < stop:
+                kind = rng.choice(kinds)
+                board = rng.choice(("soak", "soak-daily"))
+                try:
+                    calls[kind](client, board, rng)
+                except NotFound:
+                    pass  # a rank of a user with no entry yet
+                except ChronoscoreError:
+                    errors[kind] = errors.get(kind, 0) + 1
+                operations[kind] = operations.get(kind, 0) + 1
+
+    import threading
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    rss: dict[str, list[float]] = {name: [] for name in pids}
+    while time.monotonic() < stop:
+        time.sleep(min(sample_every, max(0.0, stop - time.monotonic())))
+        for name, pid in pids.items():
+            rss[name].append(psutil.Process(pid).memory_info().rss / 2**20)
+    for thread in threads:
+        thread.join()
+    return SoakReport(time.monotonic() - started, operations, errors, rss)

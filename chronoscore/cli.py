@@ -217,6 +217,19 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print JSON")
     compare.set_defaults(run=_bench_compare)
 
+    soak = benches.add_parser(
+        "soak", help="mixed load on a local 3-shard cluster; errors and memory"
+    )
+    soak.add_argument("--minutes", type=float, default=3.0)
+    soak.add_argument("--users", type=_positive, default=20_000)
+    soak.add_argument(
+        "--dsn",
+        default=os.environ.get("CHRONOSCORE_DSN"),
+        help="PostgreSQL to use (default: an embedded one)",
+    )
+    soak.add_argument("--json", action="store_true", help="print JSON")
+    soak.set_defaults(run=_bench_soak)
+
     demo = commands.add_parser("demo", help="replay a real data set")
     demos = demo.add_subparsers(required=True, metavar="DATASET")
     baseball = demos.add_parser(
@@ -633,6 +646,41 @@ def _bench_compare(args: argparse.Namespace) -> None:
         table.add_row(target, measured, "yes" if ok else "NO")
     console.print(table)
     console.print(f"results in {args.out}", markup=False)
+
+
+def _bench_soak(args: argparse.Namespace) -> None:
+    import tempfile
+    from contextlib import ExitStack
+
+    from ._bench import soak
+    from ._cluster import embedded_postgres
+
+    with ExitStack() as stack:
+        dsn = args.dsn
+        if not dsn:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            dsn = stack.enter_context(embedded_postgres(tmp))
+        cluster = stack.enter_context(LocalCluster(dsn, 3, log_level="WARNING"))
+        pids = {name: p.pid for name, p in cluster.processes.items()}
+        report = soak(cluster.target, pids, seconds=args.minutes * 60, users=args.users)
+    growth = report.growth()
+    if args.json:
+        _print_json({**asdict(report), "growth": growth})
+    else:
+        total = sum(report.operations.values())
+        console.print(
+            f"{total:,} calls in {report.seconds:.0f}s"
+            f" ({total / report.seconds:,.0f}/s), errors: {report.errors or 'none'}",
+            markup=False,
+        )
+        for name, samples in report.rss_mb.items():
+            console.print(
+                f"{name}: RSS {samples[1]:.1f} MB after warm-up, {samples[-1]:.1f} MB"
+                f" at the end ({growth[name]:.2f}x), max {max(samples):.1f} MB",
+                markup=False,
+            )
+    if report.errors:
+        raise SystemExit(1)
 
 
 def _demo_baseball(args: argparse.Namespace) -> None:

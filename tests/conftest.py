@@ -7,32 +7,13 @@ Each test gets a database of its own.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from chronoscore import Client
 from chronoscore._cluster import LocalCluster
-
-
-@pytest.fixture
-def dsn(pg_server: str) -> Iterator[str]:
-    """A new, empty database, dropped after the test."""
-    name = f"chronoscore_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(pg_server, dbname=name)
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)
-            )
-        )
 
 
 @pytest.fixture
