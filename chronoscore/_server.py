@@ -6,9 +6,11 @@ those into gRPC statuses, and it is the only place that does.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +31,7 @@ from .errors import ChronoscoreError, FailedPrecondition
 
 __all__ = [
     "rpc",
+    "add_server_arguments",
     "listen",
     "serve_until_stopped",
     "remaining",
@@ -106,6 +109,31 @@ def rpc(method: Method[Req, Resp]) -> Method[Req, Resp]:
             RPC_SECONDS.labels(method.__name__, code).observe(elapsed)
 
     return wrapper
+
+
+def add_server_arguments(
+    parser: argparse.ArgumentParser, *, default_port: int, dsn_help: str
+) -> None:
+    """The flags every ChronoScore server takes."""
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("CHRONOSCORE_DSN"),
+        help=f"{dsn_help} (default: $CHRONOSCORE_DSN)",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--port", type=int, default=default_port, help="0 picks a free port"
+    )
+    parser.add_argument(
+        "--port-file", type=Path, help="write the bound port here once serving"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics over HTTP on this port (0: off)",
+    )
+    parser.add_argument("--log-level", default="INFO")
 
 
 def listen(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 from grpc import aio
@@ -26,6 +25,7 @@ from chronoscore._security import (
 from chronoscore._server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
+    add_server_arguments,
     add_service,
     listen,
     serve_until_stopped,
@@ -128,21 +128,10 @@ def main(argv: list[str] | None = None) -> None:
         required=True,
         help="comma-separated name=host:port for every shard",
     )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("CHRONOSCORE_DSN"),
-        help="PostgreSQL holding the leaderboard catalog (default: $CHRONOSCORE_DSN)",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    parser.add_argument(
-        "--port-file", type=Path, help="write the bound port here once serving"
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        help="serve Prometheus metrics over HTTP on this port (0: off)",
+    add_server_arguments(
+        parser,
+        default_port=50051,
+        dsn_help="PostgreSQL holding the leaderboard catalog",
     )
     add_tls_arguments(parser, "tls-", "CA whose certificates clients must present")
     add_tls_arguments(parser, "shard-tls-", "CA that signed the shards' certificates")
@@ -152,7 +141,6 @@ def main(argv: list[str] | None = None) -> None:
         help="JSON file of bearer-token digests and scopes; without it the"
         " public API takes every caller",
     )
-    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.dsn:
         parser.error("--dsn or $CHRONOSCORE_DSN is required")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 from grpc import aio
@@ -25,6 +24,7 @@ from chronoscore._server import (
     SERVER_OPTIONS,
     RingCheck,
     add_health_and_reflection,
+    add_server_arguments,
     add_service,
     listen,
     serve_until_stopped,
@@ -93,28 +93,14 @@ def main(argv: list[str] | None = None) -> None:
         required=True,
         help="comma-separated names of every shard in the ring",
     )
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("CHRONOSCORE_DSN"),
-        help="PostgreSQL connection string (default: $CHRONOSCORE_DSN)",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument(
-        "--port-file", type=Path, help="write the bound port here once serving"
-    )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        help="serve Prometheus metrics over HTTP on this port (0: off)",
+    add_server_arguments(
+        parser, default_port=0, dsn_help="PostgreSQL connection string"
     )
     add_tls_arguments(
         parser,
         "tls-",
         "CA whose certificates callers must present (mutual TLS)",
     )
-    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.dsn:
         parser.error("--dsn or $CHRONOSCORE_DSN is required")

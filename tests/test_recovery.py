@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -209,6 +210,28 @@ def _alive(pid: int) -> bool:
         return stat.read().split()[2] != "Z"
 
 
+@contextmanager
+def _coordinator(
+    cluster: LocalCluster, shards: str, tmp_path: Path
+) -> Iterator[Client]:
+    """A second coordinator over ``shards``, and a client of it."""
+    port_file = tmp_path / "second.port"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "--dsn", cluster.dsn, "--port", "0"]
+        + ["--shards", shards, "--port-file", str(port_file)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with Client(f"127.0.0.1:{port_file.read_text().strip()}") as client:
+            yield client
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_coordinator_with_another_ring_is_refused(
     cluster: LocalCluster, client: Client, tmp_path: Path
 ) -> None:
@@ -216,23 +239,10 @@ def test_coordinator_with_another_ring_is_refused(
     client.submit_score(BOARD, "x", 1)
     # A coordinator that knows only one of the three shards.
     name = cluster.names[0]
-    port_file = tmp_path / "partial.port"
-    partial = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "--dsn", cluster.dsn, "--port", "0"]
-        + ["--shards", f"{name}=127.0.0.1:{cluster.shard_ports[name]}"]
-        + ["--port-file", str(port_file)],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with Client(f"127.0.0.1:{port_file.read_text().strip()}") as wrong:
-            with pytest.raises(FailedPrecondition, match="ring"):
-                wrong.top(BOARD)
-    finally:
-        partial.terminate()
-        partial.wait(timeout=30)
+    only = f"{name}=127.0.0.1:{cluster.shard_ports[name]}"
+    with _coordinator(cluster, only, tmp_path) as wrong:
+        with pytest.raises(FailedPrecondition, match="ring"):
+            wrong.top(BOARD)
 
 
 def test_two_names_for_one_address_are_refused(
@@ -241,27 +251,13 @@ def test_two_names_for_one_address_are_refused(
     client.create_leaderboard(BOARD)
     first, second, third = cluster.names
     port = cluster.shard_ports
-    port_file = tmp_path / "miswired.port"
-    miswired = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "--dsn", cluster.dsn, "--port", "0"]
-        + [
-            "--shards",
-            f"{first}=127.0.0.1:{port[first]},{second}=127.0.0.1:{port[first]},"
-            f"{third}=127.0.0.1:{port[third]}",
-        ]
-        + ["--port-file", str(port_file)],
-        stderr=subprocess.DEVNULL,
+    miswired = (
+        f"{first}=127.0.0.1:{port[first]},{second}=127.0.0.1:{port[first]},"
+        f"{third}=127.0.0.1:{port[third]}"
     )
-    try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with Client(f"127.0.0.1:{port_file.read_text().strip()}") as wrong:
-            with pytest.raises(FailedPrecondition, match="points here"):
-                wrong.top(BOARD)
-    finally:
-        miswired.terminate()
-        miswired.wait(timeout=30)
+    with _coordinator(cluster, miswired, tmp_path) as wrong:
+        with pytest.raises(FailedPrecondition, match="points here"):
+            wrong.top(BOARD)
 
 
 def test_database_must_be_utf8(pg_server: str, tmp_path: Path) -> None:
