@@ -34,7 +34,6 @@ __all__ = [
     "check_offset",
     "check_user_ids",
     "check_interval_ms",
-    "mode_name",
 ]
 
 MAX_USER_ID_BYTES = 128
@@ -228,7 +227,3 @@ def check_interval_ms(interval: int, field: str = "min_interval_ms") -> int:
             f" got {interval}"
         )
     return interval
-
-
-def mode_name(mode: int) -> str:
-    return _MODES[mode]
