@@ -565,7 +565,7 @@ def _chart(s: Settings, reports: list[Report]) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("calls per second (log)")
     ax.set_title(f"Reads at {s.users:,} users, one client")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(systems))
     fig.tight_layout()
     fig.savefig(s.out / f"compare-{s.users}.png", dpi=120)
     plt.close(fig)
