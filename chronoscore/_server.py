@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from .errors import ChronoscoreError, FailedPrecondition
 __all__ = [
     "rpc",
     "add_server_arguments",
+    "run_server",
     "listen",
     "serve_until_stopped",
     "remaining",
@@ -134,6 +135,24 @@ def add_server_arguments(
         help="serve Prometheus metrics over HTTP on this port (0: off)",
     )
     parser.add_argument("--log-level", default="INFO")
+
+
+def run_server(name: str, start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a server's coroutine; exit with status 2 if it cannot start.
+
+    Startup failures (bad flags, a busy port, an unreachable or foreign
+    database) are logged as one line, not a traceback.
+    """
+    try:
+        asyncio.run(start())
+    except ChronoscoreError as exc:
+        logger.error("%s cannot start: %s", name, exc)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        logger.error("%s cannot reach PostgreSQL: %s", name, exc)
+        raise SystemExit(2) from None
 
 
 def listen(

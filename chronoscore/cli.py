@@ -207,11 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--clients", type=_positive, default=2)
     compare.add_argument("--shards", type=_positive, default=4)
     compare.add_argument("--calls", type=_positive, default=2000)
-    compare.add_argument(
-        "--dsn",
-        default=os.environ.get("CHRONOSCORE_DSN"),
-        help="PostgreSQL to use (default: an embedded one)",
-    )
+    _dsn_argument(compare)
     compare.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     compare.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     compare.add_argument("--json", action="store_true", help="print JSON")
@@ -222,11 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     soak.add_argument("--minutes", type=float, default=3.0)
     soak.add_argument("--users", type=_positive, default=20_000)
-    soak.add_argument(
-        "--dsn",
-        default=os.environ.get("CHRONOSCORE_DSN"),
-        help="PostgreSQL to use (default: an embedded one)",
-    )
+    _dsn_argument(soak)
     soak.add_argument("--json", action="store_true", help="print JSON")
     soak.set_defaults(run=_bench_soak)
 
@@ -276,6 +268,14 @@ def _int32(text: str) -> int:
     if not -(2**31) <= value < 2**31:
         raise argparse.ArgumentTypeError(f"{value} is out of range")
     return value
+
+
+def _dsn_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("CHRONOSCORE_DSN"),
+        help="PostgreSQL to use (default: $CHRONOSCORE_DSN, else an embedded one)",
+    )
 
 
 def _positive(text: str) -> int:

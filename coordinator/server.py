@@ -28,9 +28,10 @@ from chronoscore._server import (
     add_server_arguments,
     add_service,
     listen,
+    run_server,
     serve_until_stopped,
 )
-from chronoscore.errors import ChronoscoreError, InvalidArgument
+from chronoscore.errors import InvalidArgument
 from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
 
@@ -146,26 +147,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--dsn or $CHRONOSCORE_DSN is required")
 
     configure_logging(args.log_level)
-    try:
-        shards = parse_shards(args.shards)
-        asyncio.run(
-            serve(
-                shards,
-                args.dsn,
-                host=args.host,
-                port=args.port,
-                port_file=args.port_file,
-                metrics_port=args.metrics_port,
-                tls=tls_files(args, "tls-"),
-                shard_tls=tls_files(args, "shard-tls-"),
-                tokens=None if args.tokens is None else Tokens.load(args.tokens),
-            )
+
+    async def start() -> None:
+        await serve(
+            parse_shards(args.shards),
+            args.dsn,
+            host=args.host,
+            port=args.port,
+            port_file=args.port_file,
+            metrics_port=args.metrics_port,
+            tls=tls_files(args, "tls-"),
+            shard_tls=tls_files(args, "shard-tls-"),
+            tokens=None if args.tokens is None else Tokens.load(args.tokens),
         )
-    except ChronoscoreError as exc:
-        logger.error("coordinator cannot start: %s", exc)
-        raise SystemExit(2) from None
-    except Exception as exc:
-        if not is_unavailable(exc):
-            raise
-        logger.error("coordinator cannot reach PostgreSQL: %s", exc)
-        raise SystemExit(2) from None
+
+    run_server("coordinator", start)

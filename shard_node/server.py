@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from pathlib import Path
 
 from grpc import aio
 
-from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
 from chronoscore._metrics import RING_INFO, serve_metrics, watch_index_sizes
 from chronoscore._ring import Ring
@@ -27,9 +25,9 @@ from chronoscore._server import (
     add_server_arguments,
     add_service,
     listen,
+    run_server,
     serve_until_stopped,
 )
-from chronoscore.errors import ChronoscoreError
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
 from .lease import ShardLease
@@ -106,25 +104,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--dsn or $CHRONOSCORE_DSN is required")
 
     configure_logging(args.log_level)
-    try:
-        ring = Ring(args.ring.split(","))
-        asyncio.run(
-            serve(
-                args.name,
-                ring,
-                args.dsn,
-                host=args.host,
-                port=args.port,
-                port_file=args.port_file,
-                metrics_port=args.metrics_port,
-                tls=tls_files(args, "tls-"),
-            )
+
+    async def start() -> None:
+        await serve(
+            args.name,
+            Ring(args.ring.split(",")),
+            args.dsn,
+            host=args.host,
+            port=args.port,
+            port_file=args.port_file,
+            metrics_port=args.metrics_port,
+            tls=tls_files(args, "tls-"),
         )
-    except ChronoscoreError as exc:
-        logger.error("shard %s cannot start: %s", args.name, exc)
-        raise SystemExit(2) from None
-    except Exception as exc:
-        if not is_unavailable(exc):
-            raise
-        logger.error("shard %s cannot reach PostgreSQL: %s", args.name, exc)
-        raise SystemExit(2) from None
+
+    run_server(f"shard {args.name}", start)

@@ -6,9 +6,9 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -17,8 +17,8 @@ from chronoscore._cluster import LocalCluster
 from chronoscore._ring import Ring
 
 from .oracle import scores
+from .support import eventually
 
-T = TypeVar("T")
 BOARD = "faults"
 
 
@@ -49,17 +49,6 @@ def own_postgres(tmp_path: Path) -> Iterator[tuple[Postgres, str]]:
     postgres.stop()
 
 
-def _eventually(call: Callable[[], T], seconds: float) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return call()
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def test_postgres_outage(own_postgres: tuple[Postgres, str], tmp_path: Path) -> None:
     postgres, dsn = own_postgres
     with LocalCluster(
@@ -88,7 +77,7 @@ def test_postgres_outage(own_postgres: tuple[Postgres, str], tmp_path: Path) -> 
             postgres.start()
             # Everything recovers by itself, with no restart.
             started = time.monotonic()
-            result = _eventually(lambda: client.submit_score(BOARD, "after", 30), 30)
+            result = eventually(lambda: client.submit_score(BOARD, "after", 30), 30)
             assert result.score == 30
             assert time.monotonic() - started < 30
             assert [e.user_id for e in client.top(BOARD).entries] == ["after", "before"]
@@ -135,7 +124,7 @@ def test_sigterm_drains_a_shard(cluster: LocalCluster, client: Client) -> None:
 
     cluster.start_shard(victim)
     for user in acked:
-        found = _eventually(lambda u=user: client.rank(BOARD, u), 10)  # type: ignore[misc]
+        found = eventually(lambda u=user: client.rank(BOARD, u), 10)  # type: ignore[misc]
         assert found.entry.score == stored[user]
 
 
@@ -148,7 +137,7 @@ def test_clients_ride_over_a_coordinator_restart(
 
     # The same client reconnects by itself; a retried request id is
     # answered from the log, not applied again.
-    again = _eventually(
+    again = eventually(
         lambda: client.submit_score(BOARD, "u", 5, request_id="first"), 15
     )
     assert (again.score, again.replayed) == (5, True)

@@ -24,6 +24,7 @@ from coordinator.service import _shard_update
 from shard_node.store import Store
 
 from .oracle import ranked
+from .support import eventually
 
 
 def _fill(client: Client, board: str, users: int, seed: int) -> None:
@@ -144,7 +145,7 @@ def test_request_id_survives_a_shard_restart(
     cluster.kill(owner, signal.SIGKILL)
     cluster.start_shard(owner)
 
-    again = _eventually(
+    again = eventually(
         lambda: client.submit_score("coins", "payer", 10, request_id="pay-1")
     )
     assert (again.score, again.replayed) == (10, True)
@@ -201,7 +202,7 @@ def test_watch_top_pushes_changes_and_survives_a_shard_restart(
     cluster.kill(owner, signal.SIGKILL)
     time.sleep(0.5)
     cluster.start_shard(owner)
-    _eventually(lambda: client.submit_score("live", "a", 30))
+    eventually(lambda: client.submit_score("live", "a", 30))
     _wait_for(pages, ["a", "b"])
 
     # Pushes come only on change: no two in a row are the same.
@@ -220,19 +221,6 @@ def _wait_for(pages: list[Page], users: list[str], seconds: float = 15) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"never saw {users}; last {pages[-1:]}")
-
-
-def _eventually(call, seconds: float = 15.0):  # type: ignore[no-untyped-def]
-    from chronoscore import Unavailable
-
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return call()
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def test_batch_order_decides_ties_across_shards(

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import psycopg
@@ -25,9 +24,9 @@ from chronoscore.v1 import leaderboard_pb2 as pb
 from chronoscore.v1 import leaderboard_pb2_grpc as pb_grpc
 
 from .oracle import ranked, scores
+from .support import eventually
 
 BOARD = "arena"
-T = TypeVar("T")
 
 
 def test_full_restart_keeps_scores_and_ranks(dsn: str, tmp_path: Path) -> None:
@@ -136,18 +135,7 @@ def test_shard_down_gives_unavailable(cluster: LocalCluster, client: Client) -> 
 
     # Once the shard is back, the coordinator reconnects by itself.
     cluster.start_shard(victim)
-    assert _eventually(lambda: client.top(BOARD).entries)[0].user_id == "x"
-
-
-def _eventually(call: Callable[[], T], seconds: float = 10.0) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return call()
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    assert eventually(lambda: client.top(BOARD).entries)[0].user_id == "x"
 
 
 def test_second_process_for_a_shard_is_refused(cluster: LocalCluster) -> None:
