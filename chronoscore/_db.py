@@ -25,6 +25,10 @@ def make_pool(
         check=AsyncConnectionPool.check_connection,
         kwargs={"connect_timeout": max(1, round(timeout))},
         name=name,
+        # The pool retries a lost connection with doubling delays; giving
+        # each attempt up after 10 s keeps those delays short, so the
+        # next call after an outage reconnects at once.
+        reconnect_timeout=10.0,
     )
 
 

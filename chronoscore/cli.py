@@ -397,7 +397,9 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _submit_batch(args: argparse.Namespace) -> None:
-    updates = [_update_from_json(line, n) for n, line in _lines(args.file)]
+    numbered = [(n, _update_from_json(line, n)) for n, line in _lines(args.file)]
+    lines = [n for n, _ in numbered]
+    updates = [update for _, update in numbered]
     results = []
     with _client(args) as client:
         for start in range(0, len(updates), MAX_BATCH):
@@ -412,7 +414,7 @@ def _submit_batch(args: argparse.Namespace) -> None:
     if args.json:
         _print_json({"results": docs})
     else:
-        for n, r in enumerate(results, start=1):
+        for n, r in zip(lines, results, strict=True):
             if r.error is not None:
                 print(f"line {n}: {r.error.code.name}: {r.error}", file=sys.stderr)
         console.print(f"{len(results) - failed} applied, {failed} failed", markup=False)
@@ -432,17 +434,30 @@ def _update_from_json(line: str, n: int) -> Update:
         score = doc["score"]
         if not isinstance(score, int) or isinstance(score, bool):
             raise ValueError(f"score must be a whole number, got {score!r}")
-        metadata = doc.get("metadata")
+        metadata = _text(doc, "metadata", None)
         return Update(
-            str(doc["leaderboard"]),
-            str(doc["user_id"]),
+            _text(doc, "leaderboard"),
+            _text(doc, "user_id"),
             score,
-            doc.get("mode"),
-            None if metadata is None else str(metadata).encode(),
-            str(doc.get("request_id", "")),
+            _text(doc, "mode", None),
+            None if metadata is None else metadata.encode(),
+            _text(doc, "request_id", ""),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidArgument(f"line {n}: {exc}") from None
+
+
+_REQUIRED = object()
+
+
+def _text(doc: dict[str, Any], key: str, default: Any = _REQUIRED) -> Any:
+    """A string field of a JSON update; KeyError or ValueError if wrong."""
+    if key not in doc and default is not _REQUIRED:
+        return default
+    value = doc[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {json.dumps(value)}")
+    return value
 
 
 def _remove(args: argparse.Namespace) -> None:

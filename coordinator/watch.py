@@ -1,8 +1,12 @@
-"""Shared feeds for WatchTop: one poller per (leaderboard, limit, interval).
+"""Shared feeds for WatchTop.
 
-However many clients watch the same top list, the coordinator reads it
-from the shards once per interval and pushes each change to all of them.
-A feed stops polling when its last watcher leaves.
+However many clients watch a leaderboard, the coordinator reads its top
+from the shards once per interval per feed and pushes changes to all of
+them. Watchers share a feed when their limits fall in one bucket (10,
+100, 1000) and their intervals round up to one step; each gets its own
+slice, pushed when that slice changes. So a leaderboard has at most a
+few dozen feeds whatever its watchers ask for. A feed stops polling when
+its last watcher leaves.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ class _Feed:
     task: asyncio.Task[None] | None = None
 
 
+_LIMITS = (10, 100, 1000)
+_INTERVALS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+def _round_up(value: float, steps: tuple[float, ...]) -> float:
+    return next((step for step in steps if value <= step), steps[-1])
+
+
 def _newer_than(feed: _Feed, version: int) -> bool:
     return feed.version > version
 
@@ -48,14 +60,18 @@ class Feeds:
     async def watch(
         self, name: str, limit: int, interval: float
     ) -> AsyncIterator[_pb.EntriesResponse]:
-        """Each new top list of the feed; raises the error that ends it."""
-        key = (name, limit, interval)
+        """Each new top ``limit`` entries; raises the error that ends it.
+
+        ``interval`` (seconds) is a floor: pushes may come less often.
+        """
+        key = (name, int(_round_up(limit, _LIMITS)), _round_up(interval, _INTERVALS))
         feed = self._feeds.get(key)
         if feed is None:
             feed = self._feeds[key] = _Feed()
             feed.task = asyncio.create_task(self._run(key, feed))
         feed.watchers += 1
         seen = 0
+        last: tuple[list[_pb.Entry], str] | None = None
         try:
             while True:
                 async with feed.changed:
@@ -64,7 +80,15 @@ class Feeds:
                 if feed.error is not None:
                     raise feed.error
                 assert feed.latest is not None
-                yield feed.latest
+                entries = list(feed.latest.entries[:limit])
+                mine = (entries, feed.latest.period.label)
+                if mine != last:
+                    last = mine
+                    yield _pb.EntriesResponse(
+                        entries=entries,
+                        total=feed.latest.total,
+                        period=feed.latest.period,
+                    )
         finally:
             feed.watchers -= 1
             if feed.watchers == 0 and self._feeds.get(key) is feed:

@@ -511,7 +511,7 @@ class Shard:
             return Applied(score, False, period)
         if write.metadata is not None:
             metadata = write.metadata
-        entry = IndexEntry(write.user_id, score, self._stamp(arrived_us))
+        entry = IndexEntry(write.user_id, score, self._stamp(write, arrived_us))
         changes[key] = _Change(entry, write.ascending, metadata)
         return Applied(score, True, period)
 
@@ -553,8 +553,17 @@ class Shard:
     def _count_pruned(self, prune: _Prune) -> int:
         return sum(len(self.indexes[b]) for b in self._pruned_boards(prune))
 
-    def _stamp(self, arrived_us: int) -> int:
-        """A reached time no earlier than arrival and unique on this shard."""
+    def _stamp(self, write: Write, arrived_us: int) -> int:
+        """The time a write's user reached its score.
+
+        A coordinator gives each update its own arrival time, in the
+        order it took them; that time is kept as it is, so equal scores
+        order alike on every shard. Writes without one (from callers other
+        than a coordinator) get distinct times in the order they came.
+        """
+        if write.arrived_us:
+            self._last_reached_us = max(self._last_reached_us, write.arrived_us)
+            return write.arrived_us
         self._last_reached_us = max(arrived_us, self._last_reached_us + 1)
         return self._last_reached_us
 

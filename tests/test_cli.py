@@ -210,8 +210,16 @@ def test_submit_batch_and_friends(cluster: LocalCluster, tmp_path: Path) -> None
     assert [e["user_id"] for e in friends["entries"]] == ["bob", "ada"]
     assert friends["list_ranks"] == [1, 2] and friends["missing"] == ["zed"]
 
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"leaderboard": "coins", "user_id": "ada", "score": 1.5}\n')
-    result = _run("submit-batch", str(bad), *target, "--json", check=False)
-    assert result.returncode == 1
-    assert "line 1" in json.loads(result.stderr)["error"]["message"]
+    for bad_line in (
+        '{"leaderboard": "coins", "user_id": "ada", "score": 1.5}',
+        '{"leaderboard": "coins", "user_id": null, "score": 1}',
+    ):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text("\n" + bad_line + "\n")
+        result = _run("submit-batch", str(bad), *target, "--json", check=False)
+        assert result.returncode == 1
+        assert "line 2" in json.loads(result.stderr)["error"]["message"]
+
+    # Failures name the line they came from, blank lines included.
+    result = _run("submit-batch", str(lines), *target, check=False)
+    assert "line 5: NOT_FOUND" in result.stderr

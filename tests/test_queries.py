@@ -317,3 +317,27 @@ def test_many_watchers_all_get_each_change(
     client.submit_score("crowd", "c", 3)
     for thread in threads:
         thread.join(timeout=10)
+
+
+def test_concurrent_batches_each_keep_their_order(
+    client: Client, cluster: LocalCluster
+) -> None:
+    client.create_leaderboard("rush")
+    batches = [[f"b{t}-{n}-{i}" for i in range(8)] for t in range(4) for n in range(15)]
+
+    def send(chunk: list[list[str]]) -> None:
+        with Client(cluster.target) as sender:
+            for users in chunk:
+                updates = [Update("rush", u, 100) for u in users]
+                assert all(r.ok for r in sender.submit_scores(updates))
+
+    threads = [threading.Thread(target=send, args=(batches[t::4],)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    place = {u: r for u, _, r in ranked(cluster.dsn, "rush")}
+    for users in batches:
+        ranks = [place[u] for u in users]
+        assert ranks == sorted(ranks), users
