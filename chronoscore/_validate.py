@@ -78,6 +78,12 @@ class Update:
 _LAYOUT = set("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def _check_size(text: str, field: str, limit: int) -> None:
+    size = len(text.encode())
+    if size > limit:
+        raise InvalidArgument(f"{field} is {size} bytes; the limit is {limit}")
+
+
 def _reject_control(text: str, field: str) -> None:
     if any(unicodedata.category(ch) == "Cc" or ch in _LAYOUT for ch in text):
         raise InvalidArgument(
@@ -94,11 +100,7 @@ def _is_blank(text: str) -> bool:
 def check_user_id(user_id: str, field: str = "user_id") -> str:
     if _is_blank(user_id):
         raise InvalidArgument(f"{field} must not be empty or blank")
-    size = len(user_id.encode())
-    if size > MAX_USER_ID_BYTES:
-        raise InvalidArgument(
-            f"{field} is {size} bytes; the limit is {MAX_USER_ID_BYTES}"
-        )
+    _check_size(user_id, field, MAX_USER_ID_BYTES)
     _reject_control(user_id, field)
     return user_id
 
@@ -121,11 +123,7 @@ def check_leaderboard(name: str, field: str = "leaderboard") -> str:
 def check_display_name(name: str, field: str = "display_name") -> str:
     if _is_blank(name):
         raise InvalidArgument(f"{field} must not be empty or blank")
-    size = len(name.encode())
-    if size > MAX_DISPLAY_NAME_BYTES:
-        raise InvalidArgument(
-            f"{field} is {size} bytes; the limit is {MAX_DISPLAY_NAME_BYTES}"
-        )
+    _check_size(name, field, MAX_DISPLAY_NAME_BYTES)
     _reject_control(name, field)
     return name
 
@@ -171,11 +169,7 @@ def check_metadata(metadata: bytes, field: str = "metadata") -> bytes:
 
 def check_request_id(request_id: str, field: str = "request_id") -> str:
     """An optional id: empty, or 1..128 bytes without control characters."""
-    size = len(request_id.encode())
-    if size > MAX_REQUEST_ID_BYTES:
-        raise InvalidArgument(
-            f"{field} is {size} bytes; the limit is {MAX_REQUEST_ID_BYTES}"
-        )
+    _check_size(request_id, field, MAX_REQUEST_ID_BYTES)
     _reject_control(request_id, field)
     return request_id
 

@@ -109,10 +109,7 @@ class Reader:
         self, positions: list[_shard_pb.Position]
     ) -> tuple[list[tuple[int, int]], int]:
         """Global (ahead, better) for each position, and the total."""
-        replies = await self.shards.each(
-            lambda stub: stub.Count,
-            _shard_pb.CountRequest(board=self.period, positions=positions),
-        )
+        replies = await self._counts(positions)
         sums = [(0, 0)] * len(positions)
         for reply in replies.values():
             sums = [
@@ -125,12 +122,18 @@ class Reader:
         self, entry: _shard_pb.ShardEntry
     ) -> tuple[dict[str, int], int]:
         """Entries ahead of ``entry`` on each shard, and the total."""
-        replies = await self.shards.each(
-            lambda stub: stub.Count,
-            _shard_pb.CountRequest(board=self.period, positions=[_position(entry)]),
-        )
+        replies = await self._counts([_position(entry)])
         ahead = {name: reply.counts[0].ahead for name, reply in replies.items()}
         return ahead, sum(r.total for r in replies.values())
+
+    async def _counts(
+        self, positions: list[_shard_pb.Position]
+    ) -> dict[str, _shard_pb.CountReply]:
+        """Every shard's counts ahead of each position. One round of calls."""
+        return await self.shards.each(
+            lambda stub: stub.Count,
+            _shard_pb.CountRequest(board=self.period, positions=positions),
+        )
 
     async def page(self, offset: int, limit: int) -> tuple[list[Ranked], int]:
         """Entries at global positions [offset, offset + limit), and the total.
@@ -293,12 +296,7 @@ class Reader:
             if not pivots:
                 # Every range is empty, so the counts are pinned.
                 return lo, total
-            counts = await self.shards.each(
-                lambda stub: stub.Count,
-                _shard_pb.CountRequest(
-                    board=self.period, positions=[_position(p) for _, p in pivots]
-                ),
-            )
+            counts = await self._counts([_position(p) for _, p in pivots])
             for i, (owner, pivot) in enumerate(pivots):
                 here = {name: counts[name].counts[i].ahead for name in names}
                 place = sum(here.values())

@@ -74,13 +74,12 @@ class ShardClients:
         shard: str,
         method: Callable[[Any], Awaitable[T]],
         request: Any,
-        timeout: float | None = None,
     ) -> T:
         """Call one shard; translate its failures to ChronoscoreError."""
         try:
             return await method(  # type: ignore[call-arg]
                 request,
-                timeout=timeout or remaining(self.timeout),
+                timeout=remaining(self.timeout),
                 metadata=self._metadata[shard],
             )
         except aio.AioRpcError as exc:
