@@ -17,7 +17,9 @@ __all__ = [
     "COMMIT_UPDATES",
     "COMMIT_SECONDS",
     "COMMIT_LAG",
-    "RING_INFO",
+    "RING_VERSION",
+    "SHARD_EPOCH",
+    "SHARD_SLOTS",
     "watch_index_sizes",
     "serve_metrics",
 ]
@@ -41,10 +43,17 @@ COMMIT_LAG = Histogram(
     "chronoscore_commit_lag_seconds",
     "Time from a write reaching a shard to its acknowledgement",
 )
-RING_INFO = Gauge(
-    "chronoscore_ring_info",
-    "The ring this process serves: its fingerprint and shard names",
-    ["fingerprint", "shards"],
+RING_VERSION = Gauge(
+    "chronoscore_ring_version",
+    "Version of the slot placement this coordinator routes by",
+)
+SHARD_EPOCH = Gauge(
+    "chronoscore_shard_epoch",
+    "Epoch of the slots this shard owns; it grows with every move",
+)
+SHARD_SLOTS = Gauge(
+    "chronoscore_shard_slots",
+    "Slots this shard owns",
 )
 
 

@@ -1,4 +1,4 @@
-"""Placement: which shard owns which user.
+"""The ring: which shard each user belongs to.
 
 A user hashes to one of ``SLOT_COUNT`` slots (CRC-32 of the UTF-8 user
 id), and each slot maps to a shard through a ketama consistent-hash ring
@@ -7,6 +7,10 @@ bytes of the user id and the set of shard names: not on
 ``PYTHONHASHSEED``, not on the process, and not on the order the names
 were given in. Adding or removing one of N shards changes the owner of
 about 1/N of the slots, and a slot's users always move together.
+
+Which shard owns a slot right now is recorded in PostgreSQL
+(``chronoscore._placement``); it is this ring's choice except while a
+rebalance moves slots.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from array import array
 from collections.abc import Iterable
 
 from uhashring import HashRing
@@ -22,19 +27,20 @@ from .errors import InvalidArgument
 
 __all__ = [
     "SLOT_COUNT",
-    "RING_HEADER",
     "SHARD_HEADER",
+    "SLOTS_HEADER",
     "Ring",
     "slot_of",
+    "slots_digest",
     "check_shard_name",
 ]
 
-# gRPC metadata key with which the coordinator tells a shard its ring's
-# fingerprint; a shard with another ring refuses the call.
-RING_HEADER = "x-chronoscore-ring"
-# ... and the name of the shard it means to call, which catches two
-# names configured with one address.
+# gRPC metadata key with which a coordinator names the shard it means to
+# call, which catches two names configured with one address...
 SHARD_HEADER = "x-chronoscore-shard"
+# ... and, on reads, the digest of the slots it believes that shard owns;
+# a shard that owns others refuses the read (see chronoscore._placement).
+SLOTS_HEADER = "x-chronoscore-slots"
 
 SLOT_COUNT = 16384
 
@@ -44,6 +50,12 @@ _SHARD_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
 def slot_of(user_id: str) -> int:
     """The slot a user id hashes to. O(len(user_id))."""
     return zlib.crc32(user_id.encode()) % SLOT_COUNT
+
+
+def slots_digest(slots: Iterable[int]) -> str:
+    """A short digest of a set of slots; equal sets, equal digests."""
+    data = array("H", sorted(slots)).tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def check_shard_name(name: str) -> str:

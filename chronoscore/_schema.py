@@ -7,6 +7,8 @@ Tables:
 - ``user_score``: one row per (leaderboard, period, user).
 - ``users``: one profile per user.
 - ``request_log``: results of updates sent with a ``request_id``.
+- ``ring_state``, ``ring_slots``, ``ring_shards``: which shard owns
+  which slot, and where shards listen (see ``chronoscore._placement``).
 
 Score, profile and request rows carry the user's slot, so a shard reads
 and writes only the slots it owns.
@@ -90,6 +92,27 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (user_id, request_id)
     );
     CREATE INDEX request_log_slot_created ON request_log (slot, created_at);
+    """,
+    # Placement moves from command-line flags into the database, so the
+    # shard count can change while the cluster runs. The tables start
+    # empty; the first process to start fills them from its flags.
+    """
+    CREATE TABLE ring_state (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        version bigint NOT NULL,
+        members text[] NOT NULL
+    );
+    CREATE TABLE ring_slots (
+        slot integer PRIMARY KEY,
+        owner text COLLATE "C" NOT NULL
+    );
+    CREATE TABLE ring_shards (
+        name text COLLATE "C" PRIMARY KEY,
+        epoch bigint NOT NULL DEFAULT 1,
+        applied_epoch bigint NOT NULL DEFAULT 0,
+        address text,
+        seen_at timestamptz
+    );
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)

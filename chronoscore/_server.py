@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ._db import is_unavailable
 from ._metrics import RPC_SECONDS
-from ._ring import RING_HEADER, SHARD_HEADER, Ring
+from ._ring import SHARD_HEADER, SLOTS_HEADER
 from .errors import ChronoscoreError, FailedPrecondition
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "serve_until_stopped",
     "remaining",
     "SERVER_OPTIONS",
-    "RingCheck",
+    "ShardCheck",
     "Malformed",
     "add_service",
     "add_health_and_reflection",
@@ -256,29 +256,35 @@ def refusal(
     )
 
 
-class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuse calls from a coordinator whose ring differs from ours.
+class ShardCheck(aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuse calls meant for another shard, or for other slots.
 
-    A coordinator with another ring would route users to shards that do
-    not own them and sum ranks over the wrong set of shards.
+    Every call names the shard it means, which catches an address that
+    points at the wrong one. A read also carries the digest of the slots
+    the caller believes this shard owns; if the shard owns others (slots
+    moved, see ``chronoscore._placement``), summing its answer with the
+    other shards' could count a user twice or not at all, so the read is
+    refused with ABORTED and the caller reads the placement again.
     """
 
-    def __init__(self, ring: Ring, name: str) -> None:
-        self.fingerprint = ring.fingerprint
+    def __init__(self, name: str, digest: Callable[[], str]) -> None:
         self.name = name
-        shards = ", ".join(ring.shards)
+        self.digest = digest
 
-        def refusal(message: str) -> grpc.RpcMethodHandler:
+        def refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
             async def refuse(request: object, context: aio.ServicerContext) -> None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
+                await context.abort(code, message)
 
             return grpc.unary_unary_rpc_method_handler(refuse)
 
-        self._wrong_ring = refusal(
-            f"shard {name}'s ring is [{shards}]; the caller's differs"
-        )
         self._wrong_shard = refusal(
-            f"this is shard {name}; the caller's address for another shard points here"
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"this is shard {name}; the caller's address for another shard points here",
+        )
+        self._moved = refusal(
+            grpc.StatusCode.ABORTED,
+            f"shard {name} owns other slots than the caller expects; the"
+            " placement changed",
         )
 
     async def intercept_service(
@@ -287,13 +293,14 @@ class RingCheck(aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> Any:
         if not details.method.startswith(_SHARD_SERVICE):
-            # Health checks and reflection need no ring.
+            # Health checks and reflection are for anyone.
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
-        if metadata.get(RING_HEADER) != self.fingerprint:
-            return self._wrong_ring
         if metadata.get(SHARD_HEADER) != self.name:
             return self._wrong_shard
+        expected = metadata.get(SLOTS_HEADER)
+        if expected is not None and expected != self.digest():
+            return self._moved
         return await continuation(details)
 
 

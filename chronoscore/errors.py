@@ -10,7 +10,12 @@ Hierarchy::
      ├── FailedPrecondition   the cluster is not in a state to serve it
      ├── Unauthenticated      no valid bearer token
      ├── PermissionDenied     the token lacks the scope the call needs
-     └── Unavailable          a shard or PostgreSQL cannot be reached
+     ├── Unavailable          a shard or PostgreSQL cannot be reached
+     └── WrongShard           the slot belongs to another shard now
+
+``WrongShard`` passes only between shards and coordinators, which read
+the new placement and try again; callers of the public API never get
+it.
 
 Servers map each class to the gRPC status of the same name, and the
 client maps those statuses back, so callers catch the same classes on
@@ -31,6 +36,7 @@ __all__ = [
     "Unauthenticated",
     "PermissionDenied",
     "Unavailable",
+    "WrongShard",
     "from_status",
     "from_code_number",
 ]
@@ -90,6 +96,12 @@ class Unavailable(ChronoscoreError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class WrongShard(ChronoscoreError):
+    """The shard no longer (or not yet) owns the slots the caller meant."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (
@@ -101,6 +113,7 @@ _BY_CODE = {
         Unauthenticated,
         PermissionDenied,
         Unavailable,
+        WrongShard,
     )
 }
 _BY_CODE[grpc.StatusCode.DEADLINE_EXCEEDED] = Unavailable

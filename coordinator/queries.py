@@ -14,6 +14,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 from chronoscore._keys import sort_key
 from chronoscore.errors import NotFound, Unavailable
@@ -79,10 +80,24 @@ class Reader:
         self.shards = shards
         self.board = board
         self.period = period
+        # One placement for every call of this read, so each slot is
+        # counted on exactly one shard; shards that own other slots by
+        # now refuse with WrongShard, and the read starts over.
+        self.placement = shards.placement
+
+    async def _each(self, method: str, requests: object) -> dict[str, Any]:
+        if isinstance(requests, dict):
+            return await self.shards.each(
+                method, requests, shards=list(requests), placement=self.placement
+            )
+        return await self.shards.each(method, requests, placement=self.placement)
+
+    def _from_start(self) -> dict[str, int]:
+        return dict.fromkeys(self.placement.holders, 0)
 
     async def top(self, limit: int) -> tuple[list[Ranked], int]:
         """The first ``limit`` entries and the total. One round of calls."""
-        return await self._slice({name: 0 for name in self.shards.stubs}, 0, limit)
+        return await self._slice(self._from_start(), 0, limit)
 
     async def rank(self, user_id: str) -> tuple[Ranked, int, int]:
         """(entry with position, shared rank, total). Two rounds of calls."""
@@ -92,11 +107,12 @@ class Reader:
         return Ranked(entry, ahead), better + 1, total
 
     async def lookup(self, user_id: str) -> _shard_pb.ShardEntry:
-        owner = self.shards.ring.owner(user_id)
+        owner = self.placement.owner(user_id)
         reply = await self.shards.call(
             owner,
-            self.shards.stubs[owner].Lookup,
+            "Lookup",
             _shard_pb.LookupRequest(board=self.period, user_ids=[user_id]),
+            placement=self.placement,
         )
         if not reply.entries:
             raise NotFound(
@@ -130,9 +146,8 @@ class Reader:
         self, positions: list[_shard_pb.Position]
     ) -> dict[str, _shard_pb.CountReply]:
         """Every shard's counts ahead of each position. One round of calls."""
-        return await self.shards.each(
-            lambda stub: stub.Count,
-            _shard_pb.CountRequest(board=self.period, positions=positions),
+        return await self._each(
+            "Count", _shard_pb.CountRequest(board=self.period, positions=positions)
         )
 
     async def page(self, offset: int, limit: int) -> tuple[list[Ranked], int]:
@@ -155,9 +170,7 @@ class Reader:
         O(64 s log n) on the shard, whatever the offset.
         """
         if offset + limit <= _SHALLOW:
-            ranked, total = await self._slice(
-                {name: 0 for name in self.shards.stubs}, 0, offset + limit
-            )
+            ranked, total = await self._slice(self._from_start(), 0, offset + limit)
             return ranked[offset:], total
 
         starts, total = await self._boundary(offset)
@@ -206,14 +219,13 @@ class Reader:
         """
         by_owner: dict[str, list[str]] = {}
         for user in user_ids:
-            by_owner.setdefault(self.shards.ring.owner(user), []).append(user)
-        replies = await self.shards.each(
-            lambda stub: stub.Lookup,
+            by_owner.setdefault(self.placement.owner(user), []).append(user)
+        replies = await self._each(
+            "Lookup",
             {
                 owner: _shard_pb.LookupRequest(board=self.period, user_ids=users)
                 for owner, users in by_owner.items()
             },
-            shards=list(by_owner),
         )
         found = [e for reply in replies.values() for e in reply.entries]
         names = {e.user_id for e in found}
@@ -265,15 +277,14 @@ class Reader:
     async def _ranges(
         self, starts: dict[str, int], limit: int
     ) -> tuple[dict[str, list[_shard_pb.ShardEntry]], int]:
-        replies = await self.shards.each(
-            lambda stub: stub.Range,
+        replies = await self._each(
+            "Range",
             {
                 name: _shard_pb.RangeRequest(
                     board=self.period, start=start, limit=min(limit, 1000)
                 )
                 for name, start in starts.items()
             },
-            shards=list(starts),
         )
         total = sum(r.total for r in replies.values())
         return {name: list(r.entries) for name, r in replies.items()}, total
@@ -283,7 +294,7 @@ class Reader:
 
         None if ``offset`` is at or past the end.
         """
-        names = list(self.shards.stubs)
+        names = list(self.placement.holders)
         lo = dict.fromkeys(names, 0)
         hi: dict[str, int] = {}
         total = -1
@@ -317,8 +328,8 @@ class Reader:
         self, lo: dict[str, int], hi: dict[str, int]
     ) -> list[tuple[str, _shard_pb.ShardEntry]]:
         """Entries spread over each shard's [lo, hi); fills unknown hi."""
-        replies = await self.shards.each(
-            lambda stub: stub.Sample,
+        replies = await self._each(
+            "Sample",
             {
                 name: _shard_pb.SampleRequest(
                     board=self.period,

@@ -11,7 +11,7 @@ from grpc import aio
 
 from chronoscore._db import is_unavailable
 from chronoscore._logging import configure_logging
-from chronoscore._metrics import RING_INFO, serve_metrics
+from chronoscore._metrics import serve_metrics
 from chronoscore._security import (
     PLAINTEXT,
     TlsFiles,
@@ -54,8 +54,6 @@ def parse_shards(spec: str) -> dict[str, str]:
         if name in shards:
             raise InvalidArgument(f"shard {name!r} is listed twice")
         shards[name] = address
-    if not shards:
-        raise InvalidArgument("at least one shard is required")
     return shards
 
 
@@ -71,14 +69,23 @@ async def serve(
     shard_tls: TlsFiles = PLAINTEXT,
     tokens: Tokens | None = None,
 ) -> None:
-    """Serve the public API until SIGINT or SIGTERM."""
-    clients = ShardClients(shards, credentials=channel_credentials(shard_tls))
-    ring = clients.ring
-    RING_INFO.labels(ring.fingerprint, ",".join(ring.shards)).set(1)
+    """Serve the public API until SIGINT or SIGTERM.
+
+    ``shards`` maps shard names to addresses: the first ring of a new
+    cluster, and addresses that take precedence over the ones shards
+    record in PostgreSQL. It may be empty once the database holds a
+    placement.
+    """
     if metrics_port:
         serve_metrics(host, metrics_port)
     catalog = Catalog(dsn)
     await catalog.open()
+    clients = ShardClients(dsn, shards, credentials=channel_credentials(shard_tls))
+    try:
+        await clients.open(sorted(shards))
+    except BaseException:
+        await catalog.close()
+        raise
     servicer = LeaderboardServicer(clients, catalog)
     retention = asyncio.create_task(_prune_forever(servicer))
 
@@ -91,7 +98,6 @@ async def serve(
     server = aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     add_service(_grpc.add_LeaderboardServiceServicer_to_server, servicer, server)
     bound = listen(server, host, port, server_credentials(tls))
-    logger.info("coordinator routing to shards %s", ", ".join(sorted(shards)))
     checker = add_health_and_reflection(server, ["chronoscore.v1.LeaderboardService"])
     await serve_until_stopped(
         server,
@@ -126,8 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--shards",
-        required=True,
-        help="comma-separated name=host:port for every shard",
+        default="",
+        help="comma-separated name=host:port: a new cluster's first ring, and"
+        " addresses that take precedence over those the shards record",
     )
     add_server_arguments(
         parser,

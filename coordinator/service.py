@@ -13,11 +13,13 @@ from grpc import aio
 
 from chronoscore import _periods
 from chronoscore import _validate as check
-from chronoscore._server import Malformed, rpc
+from chronoscore._server import Malformed, remaining, rpc
 from chronoscore.errors import (
     ChronoscoreError,
     InvalidArgument,
     NotFound,
+    Unavailable,
+    WrongShard,
     from_code_number,
 )
 from chronoscore.v1 import leaderboard_pb2 as _pb
@@ -34,6 +36,13 @@ __all__ = ["LeaderboardServicer"]
 logger = logging.getLogger("chronoscore.coordinator")
 
 T = TypeVar("T")
+
+# While slots move, calls that reach a shard that no longer (or not yet)
+# owns them are tried again, after delays doubling from the first to the
+# longest, for as long as the caller's deadline allows, or this long.
+_SETTLE_SECONDS = 10.0
+_FIRST_DELAY = 0.01
+_MAX_DELAY = 0.2
 
 
 def now_us() -> int:
@@ -104,7 +113,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             drop_board=drop,
         )
         try:
-            await self.shards.each(lambda stub: stub.Prune, request)
+            await self._settled(lambda: self.shards.each("Prune", request))
         except ChronoscoreError as exc:
             logger.warning("pruning %s was incomplete: %s", board.name, exc)
 
@@ -142,10 +151,14 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
     async def _apply(
         self, updates: list[check.Update], boards: dict[str, Board]
     ) -> list[_pb.SubmitResult]:
-        """Route updates to their owners; one result each, in order."""
+        """Route updates to their owners; one result each, in order.
+
+        Updates a shard turns away because their slot moved are sent
+        again to the new owner, with the same arrival times, until the
+        deadline.
+        """
         arrived = now_us()
         results: dict[int, _pb.SubmitResult] = {}
-        by_owner: dict[str, list[int]] = defaultdict(list)
         writes: dict[int, _shard_pb.ShardUpdate] = {}
         for i, update in enumerate(updates):
             board = boards.get(update.leaderboard)
@@ -154,16 +167,13 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
                 results[i] = _failure(error)
                 continue
             writes[i] = _shard_update(update, board, self._stamp())
-            by_owner[self.shards.ring.owner(update.user_id)].append(i)
 
         async def send(owner: str, where: list[int]) -> None:
             request = _shard_pb.ApplyRequest(
                 updates=[writes[i] for i in where], arrived_us=arrived
             )
             try:
-                reply = await self.shards.call(
-                    owner, self.shards.stubs[owner].Apply, request
-                )
+                reply = await self.shards.call(owner, "Apply", request)
             except ChronoscoreError as exc:
                 results.update(dict.fromkeys(where, _failure(exc)))
                 return
@@ -172,8 +182,43 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
                     _fill_period(result.applied, boards[updates[i].leaderboard])
                 results[i] = result
 
-        await asyncio.gather(*(send(o, w) for o, w in by_owner.items()))
+        pending = sorted(writes)
+        give_up = time.monotonic() + remaining(_SETTLE_SECONDS)
+        delay = _FIRST_DELAY
+        while True:
+            by_owner: dict[str, list[int]] = defaultdict(list)
+            for i in pending:
+                by_owner[self.shards.placement.owner(updates[i].user_id)].append(i)
+            await asyncio.gather(*(send(o, w) for o, w in by_owner.items()))
+            pending = [i for i in pending if _moved(results[i])]
+            if not pending:
+                break
+            if time.monotonic() + delay >= give_up:
+                moving = Unavailable("slots are moving between shards; try again")
+                results.update(dict.fromkeys(pending, _failure(moving)))
+                break
+            await self.shards.refresh()
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _MAX_DELAY)
         return [results[i] for i in range(len(updates))]
+
+    async def _settled(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``, and again after reading the placement anew, while
+        shards answer that their slots moved; Unavailable at the deadline.
+        """
+        give_up = time.monotonic() + remaining(_SETTLE_SECONDS)
+        delay = _FIRST_DELAY
+        while True:
+            try:
+                return await call()
+            except WrongShard as exc:
+                if time.monotonic() + delay >= give_up:
+                    raise Unavailable(
+                        f"slots are moving between shards; try again ({exc})"
+                    ) from None
+            await self.shards.refresh()
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _MAX_DELAY)
 
     @rpc
     async def RemoveEntry(
@@ -189,11 +234,11 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         return await self._remove(check.check_user_id(request.user_id), 0)
 
     async def _remove(self, user: str, board_id: int) -> _pb.RemoveResponse:
-        owner = self.shards.ring.owner(user)
-        reply: _pb.RemoveResponse = await self.shards.call(
-            owner,
-            self.shards.stubs[owner].Remove,
-            _shard_pb.ShardRemoveRequest(user_id=user, board_id=board_id),
+        request = _shard_pb.ShardRemoveRequest(user_id=user, board_id=board_id)
+        reply: _pb.RemoveResponse = await self._settled(
+            lambda: self.shards.call(
+                self.shards.placement.owner(user), "Remove", request
+            )
         )
         return reply
 
@@ -203,9 +248,10 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
     ) -> _pb.UpsertUserResponse:
         user = check.check_user_id(request.user_id)
         check.check_display_name(request.display_name)
-        owner = self.shards.ring.owner(user)
-        reply: _pb.UpsertUserResponse = await self.shards.call(
-            owner, self.shards.stubs[owner].UpsertUser, request
+        reply: _pb.UpsertUserResponse = await self._settled(
+            lambda: self.shards.call(
+                self.shards.placement.owner(user), "UpsertUser", request
+            )
         )
         return reply
 
@@ -226,25 +272,33 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         self, request: _pb.GetTopRequest, context: aio.ServicerContext
     ) -> _pb.EntriesResponse:
         limit = check.check_limit(request.limit)
-        reader, period = await self._reader(request.leaderboard, request.period)
-        ranked, total = await reader.top(limit)
-        return _pb.EntriesResponse(
-            entries=to_entries(reader.board, ranked, 1),
-            total=total,
-            period=period,
-        )
+
+        async def read() -> _pb.EntriesResponse:
+            reader, period = await self._reader(request.leaderboard, request.period)
+            ranked, total = await reader.top(limit)
+            return _pb.EntriesResponse(
+                entries=to_entries(reader.board, ranked, 1),
+                total=total,
+                period=period,
+            )
+
+        return await self._settled(read)
 
     @rpc
     async def GetRank(
         self, request: _pb.GetRankRequest, context: aio.ServicerContext
     ) -> _pb.GetRankResponse:
         user = check.check_user_id(request.user_id)
-        reader, period = await self._reader(request.leaderboard, request.period)
-        found, shared, total = await reader.rank(user)
-        (entry,) = to_entries(reader.board, [found], shared)
-        return _pb.GetRankResponse(
-            entry=entry, total=total, shared_rank=shared, period=period
-        )
+
+        async def read() -> _pb.GetRankResponse:
+            reader, period = await self._reader(request.leaderboard, request.period)
+            found, shared, total = await reader.rank(user)
+            (entry,) = to_entries(reader.board, [found], shared)
+            return _pb.GetRankResponse(
+                entry=entry, total=total, shared_rank=shared, period=period
+            )
+
+        return await self._settled(read)
 
     @rpc
     async def GetAround(
@@ -253,16 +307,20 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         user = check.check_user_id(request.user_id)
         above = check.check_window(request.above, "above")
         below = check.check_window(request.below, "below")
-        reader, period = await self._reader(request.leaderboard, request.period)
-        window, total, me = await _again_if_moved(
-            lambda: reader.around(user, above, below)
-        )
-        first = await self._first_shared(reader, window, me)
-        return _pb.EntriesResponse(
-            entries=to_entries(reader.board, window, first),
-            total=total,
-            period=period,
-        )
+
+        async def read() -> _pb.EntriesResponse:
+            reader, period = await self._reader(request.leaderboard, request.period)
+            window, total, me = await _again_if_moved(
+                lambda: reader.around(user, above, below)
+            )
+            first = await self._first_shared(reader, window, me)
+            return _pb.EntriesResponse(
+                entries=to_entries(reader.board, window, first),
+                total=total,
+                period=period,
+            )
+
+        return await self._settled(read)
 
     @rpc
     async def GetPage(
@@ -270,14 +328,18 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
     ) -> _pb.EntriesResponse:
         offset = check.check_offset(request.offset)
         limit = check.check_limit(request.limit)
-        reader, period = await self._reader(request.leaderboard, request.period)
-        page, total = await reader.page(offset, limit)
-        first = await self._first_shared(reader, page, None)
-        return _pb.EntriesResponse(
-            entries=to_entries(reader.board, page, first),
-            total=total,
-            period=period,
-        )
+
+        async def read() -> _pb.EntriesResponse:
+            reader, period = await self._reader(request.leaderboard, request.period)
+            page, total = await reader.page(offset, limit)
+            first = await self._first_shared(reader, page, None)
+            return _pb.EntriesResponse(
+                entries=to_entries(reader.board, page, first),
+                total=total,
+                period=period,
+            )
+
+        return await self._settled(read)
 
     async def _first_shared(
         self, reader: Reader, ranked: list[Ranked], known: Ranked | None
@@ -298,18 +360,22 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         self, request: _pb.GetEntriesRequest, context: aio.ServicerContext
     ) -> _pb.GetEntriesResponse:
         users = check.check_user_ids(list(request.user_ids))
-        reader, period = await self._reader(request.leaderboard, request.period)
-        ranked, missing, total = await reader.entries(users)
-        entries = []
-        for item, shared in ranked:
-            entries.extend(to_entries(reader.board, [item], shared))
-        return _pb.GetEntriesResponse(
-            entries=entries,
-            list_ranks=_list_ranks(reader.board, ranked),
-            missing=missing,
-            total=total,
-            period=period,
-        )
+
+        async def read() -> _pb.GetEntriesResponse:
+            reader, period = await self._reader(request.leaderboard, request.period)
+            ranked, missing, total = await reader.entries(users)
+            entries = []
+            for item, shared in ranked:
+                entries.extend(to_entries(reader.board, [item], shared))
+            return _pb.GetEntriesResponse(
+                entries=entries,
+                list_ranks=_list_ranks(reader.board, ranked),
+                missing=missing,
+                total=total,
+                period=period,
+            )
+
+        return await self._settled(read)
 
     async def WatchTop(
         self, request: _pb.WatchTopRequest, context: aio.ServicerContext
@@ -338,12 +404,15 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             await context.abort(exc.code, str(exc))
 
     async def _poll_top(self, name: str, limit: int) -> tuple[_pb.EntriesResponse, int]:
-        reader, period = await self._reader(name, "")
-        ranked, total = await reader.top(limit)
-        reply = _pb.EntriesResponse(
-            entries=to_entries(reader.board, ranked, 1), total=total, period=period
-        )
-        return reply, reader.board.id
+        async def read() -> tuple[_pb.EntriesResponse, int]:
+            reader, period = await self._reader(name, "")
+            ranked, total = await reader.top(limit)
+            reply = _pb.EntriesResponse(
+                entries=to_entries(reader.board, ranked, 1), total=total, period=period
+            )
+            return reply, reader.board.id
+
+        return await self._settled(read)
 
 
 async def _again_if_moved(read: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
@@ -382,6 +451,13 @@ def _fill_period(applied: _pb.SubmitScoreResponse, board: Board) -> None:
     """Complete the period a shard reported by its start alone."""
     period = _periods.period_of(board.schedule, applied.period.start_us)
     applied.period.CopyFrom(period_proto(period))
+
+
+def _moved(result: _pb.SubmitResult) -> bool:
+    if not result.HasField("failure"):
+        return False
+    code: int = result.failure.code
+    return code == WrongShard.code.value[0]
 
 
 def _failure(error: ChronoscoreError) -> _pb.SubmitResult:

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import grpc
 from grpc import aio
 
-from chronoscore._ring import RING_HEADER, SHARD_HEADER, Ring
+from chronoscore import _placement
+from chronoscore._db import is_unavailable, make_pool
+from chronoscore._metrics import RING_VERSION
+from chronoscore._placement import Placement
+from chronoscore._ring import SHARD_HEADER, SLOTS_HEADER
 from chronoscore._server import remaining
-from chronoscore.errors import ChronoscoreError, Unavailable, from_status
+from chronoscore.errors import Unavailable, from_status
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
 __all__ = ["ShardClients"]
 
 logger = logging.getLogger("chronoscore.coordinator")
-
-T = TypeVar("T")
 
 # A shard that is down, slow, or shutting down: worth retrying elsewhere
 # or later, never the caller's fault.
@@ -31,56 +33,127 @@ _UNREACHABLE = (
 
 
 class ShardClients:
-    """One channel and stub per shard, and the ring that routes to them."""
+    """Channels to the shards, and the placement that routes to them.
+
+    The placement is read from PostgreSQL at start and again whenever it
+    changes (see ``chronoscore._placement``). Shards record their own
+    addresses there; ``addresses`` given here take precedence.
+    """
 
     def __init__(
         self,
-        addresses: Mapping[str, str],
+        dsn: str,
+        addresses: Mapping[str, str] | None = None,
         *,
         timeout: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
     ):
-        self.ring = Ring(addresses)
+        self.dsn = dsn
         self.timeout = timeout
-        self._metadata = {
-            name: ((RING_HEADER, self.ring.fingerprint), (SHARD_HEADER, name))
-            for name in addresses
-        }
-        self._channels = {
-            name: _channel(
-                address,
-                credentials,
-                [
-                    ("grpc.max_receive_message_length", 64 << 20),
-                    # A restarted shard is back within seconds; keep the
-                    # reconnect backoff short so it is used right away.
-                    ("grpc.initial_reconnect_backoff_ms", 200),
-                    ("grpc.min_reconnect_backoff_ms", 200),
-                    ("grpc.max_reconnect_backoff_ms", 2000),
-                ],
-            )
-            for name, address in addresses.items()
-        }
-        self.stubs = {
-            name: _shard_grpc.ShardServiceStub(channel)
-            for name, channel in self._channels.items()
-        }
+        self._credentials = credentials
+        self._given = dict(addresses or {})
+        self._pool = make_pool(dsn, "chronoscore-placement", max_size=2, timeout=5.0)
+        self._addresses: dict[str, str] = {}
+        self._channels: dict[str, aio.Channel] = {}
+        self._stubs: dict[str, _shard_grpc.ShardServiceStub] = {}
+        self._placement: Placement | None = None
+        self._reloading = asyncio.Lock()
+        self._watch: asyncio.Task[None] | None = None
+
+    async def open(self, first_ring: list[str]) -> None:
+        """Load the placement (creating it from ``first_ring`` in a new
+        cluster's database) and follow its changes."""
+        await self._pool.open(wait=True, timeout=30)
+        if first_ring:
+            async with self._pool.connection() as conn:
+                await _placement.bootstrap(conn, first_ring)
+        await self.reload()
+        self._watch = asyncio.create_task(_placement.watch(self.dsn, self._changed))
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         await asyncio.gather(*(c.close() for c in self._channels.values()))
+        await self._pool.close()
+
+    @property
+    def placement(self) -> Placement:
+        assert self._placement is not None, "open() first"
+        return self._placement
+
+    async def reload(self) -> None:
+        """Read the placement and the shards' addresses again."""
+        async with self._reloading, self._pool.connection() as conn:
+            placement = await _placement.load(conn)
+            states = await _placement.shard_states(conn)
+        for name in placement.holders:
+            address = self._given.get(name) or states.get(name, _NOWHERE).address
+            if address and address != self._addresses.get(name):
+                self._connect(name, address)
+        if self._placement is None or placement.version != self._placement.version:
+            logger.info("routing by placement %r", placement)
+        self._placement = placement
+        RING_VERSION.set(placement.version)
+
+    async def refresh(self) -> None:
+        """Reload if the placement changed; quietly keep the old one while
+        PostgreSQL is unreachable."""
+        try:
+            await self._changed()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            logger.debug("cannot read the placement: %s", exc)
+
+    async def _changed(self) -> None:
+        async with self._pool.connection() as conn:
+            current = await _placement.version(conn)
+        placement = self.placement
+        unknown = any(name not in self._stubs for name in placement.holders)
+        if current != placement.version or unknown:
+            await self.reload()
+
+    def _connect(self, name: str, address: str) -> None:
+        old = self._channels.get(name)
+        if old is not None:
+            asyncio.ensure_future(old.close(grace=self.timeout))
+        self._addresses[name] = address
+        self._channels[name] = _channel(
+            address,
+            self._credentials,
+            [
+                ("grpc.max_receive_message_length", 64 << 20),
+                # A restarted shard is back within seconds; keep the
+                # reconnect backoff short so it is used right away.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self._stubs[name] = _shard_grpc.ShardServiceStub(self._channels[name])
 
     async def call(
         self,
         shard: str,
-        method: Callable[[Any], Awaitable[T]],
+        method: str,
         request: Any,
-    ) -> T:
-        """Call one shard; translate its failures to ChronoscoreError."""
+        *,
+        placement: Placement | None = None,
+    ) -> Any:
+        """Call one shard; translate its failures to ChronoscoreError.
+
+        With ``placement``, the call is a read that the shard answers
+        only if it owns exactly the slots that placement gives it.
+        """
+        stub = self._stubs.get(shard)
+        if stub is None:
+            raise Unavailable(f"shard {shard} has not recorded its address yet")
+        metadata: tuple[tuple[str, str], ...] = ((SHARD_HEADER, shard),)
+        if placement is not None:
+            metadata += ((SLOTS_HEADER, placement.digest(shard)),)
         try:
-            return await method(  # type: ignore[call-arg]
-                request,
-                timeout=remaining(self.timeout),
-                metadata=self._metadata[shard],
+            return await getattr(stub, method)(
+                request, timeout=remaining(self.timeout), metadata=metadata
             )
         except aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
@@ -91,33 +164,37 @@ class ShardClients:
 
     async def each(
         self,
-        method: Callable[[_shard_grpc.ShardServiceStub], Callable[[Any], Awaitable[T]]],
+        method: str,
         request: Any,
         *,
-        shards: list[str] | None = None,
-    ) -> dict[str, T]:
-        """Call every shard (or ``shards``) concurrently.
+        shards: Iterable[str] | None = None,
+        placement: Placement | None = None,
+    ) -> dict[str, Any]:
+        """Call every shard that owns slots (or ``shards``) concurrently.
 
         ``request`` is one request for all, or a dict of one per shard.
 
         Raises the first failure: an answer that needs every shard is
         not given from some of them.
         """
-        names = list(self.stubs) if shards is None else shards
+        names = list(
+            (placement or self.placement).holders if shards is None else shards
+        )
         if isinstance(request, dict):
             requests = request
         else:
             requests = dict.fromkeys(names, request)
         results = await asyncio.gather(
-            *(self.call(n, method(self.stubs[n]), requests[n]) for n in names),
+            *(self.call(n, method, requests[n], placement=placement) for n in names),
             return_exceptions=True,
         )
         for result in results:
-            if isinstance(result, ChronoscoreError):
-                raise result
             if isinstance(result, BaseException):
                 raise result
-        return dict(zip(names, results, strict=True))  # type: ignore[arg-type]
+        return dict(zip(names, results, strict=True))
+
+
+_NOWHERE = _placement.ShardState("", 0, 0, None, None)
 
 
 def _channel(

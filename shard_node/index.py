@@ -85,6 +85,10 @@ class LeaderboardIndex:
     def __contains__(self, user_id: object) -> bool:
         return user_id in self._by_user
 
+    def user_ids(self) -> list[str]:
+        """Every user with an entry, in no particular order. O(n)."""
+        return list(self._by_user)
+
     def get(self, user_id: str) -> IndexEntry | None:
         """The user's entry, or None. O(1)."""
         key = self._by_user.get(user_id)

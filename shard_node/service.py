@@ -128,8 +128,9 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
     ) -> _shard_pb.DescribeResponse:
         return _shard_pb.DescribeResponse(
             name=self.shard.name,
-            ring=list(self.shard.ring.shards),
             slots=len(self.shard.slots),
+            epoch=self.shard.epoch,
+            entries=sum(len(i) for i in self.shard.indexes.values()),
         )
 
     def _index(self, board: _shard_pb.BoardPeriod) -> LeaderboardIndex:

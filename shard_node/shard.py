@@ -12,6 +12,13 @@ neither.
 Reads never wait for PostgreSQL: they are served from the indexes on
 the event loop, which the commit loop changes without yielding, so a
 reader sees a batch entirely or not at all.
+
+The slots a shard owns can change while it runs (see
+``chronoscore._placement``). A change reaches the shard as a job in the
+same loop: it loads the slots it gained from PostgreSQL, drops the ones
+it lost, and only then takes the next batch. Every commit checks in its
+transaction that the shard's slots have not changed since; if they
+have, the batch is computed again against the new ones.
 """
 
 from __future__ import annotations
@@ -20,21 +27,21 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from psycopg.errors import DeadlockDetected, SerializationFailure
 
-from chronoscore import _keys
+from chronoscore import _keys, _placement
 from chronoscore._db import is_unavailable
 from chronoscore._metrics import COMMIT_LAG, COMMIT_SECONDS, COMMIT_UPDATES
-from chronoscore._ring import Ring, slot_of
+from chronoscore._ring import slot_of, slots_digest
 from chronoscore.errors import (
     ChronoscoreError,
-    FailedPrecondition,
     InvalidArgument,
     OutOfRange,
     Unavailable,
+    WrongShard,
 )
 from chronoscore.v1 import leaderboard_pb2 as _pb
 
@@ -43,10 +50,12 @@ from .lease import ShardLease
 from .store import (
     Batch,
     BoardKey,
+    EpochChanged,
     ProfileRow,
     Removal,
     RequestRow,
     ScoreRow,
+    Snapshot,
     Store,
 )
 
@@ -58,6 +67,8 @@ logger = logging.getLogger("chronoscore.shard")
 REQUEST_RETENTION_HOURS = 48
 _RECENT_REQUESTS = 100_000
 _MAX_CLOCK_LEAD_US = 60_000_000
+# How often a shard tells PostgreSQL it is alive, in seconds.
+_HEARTBEAT_EVERY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +112,7 @@ class _Job:
     profile: ProfileRow | None = None
     removal: Removal | None = None
     prune: _Prune | None = None
+    relayout: bool = False
     future: asyncio.Future[list[Outcome]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -108,6 +120,12 @@ class _Job:
     @property
     def size(self) -> int:
         return max(1, len(self.writes))
+
+    @property
+    def alone(self) -> bool:
+        """Whether the job commits in a batch of its own: a prune, so no
+        write in its batch lands in a period it drops, or a relayout."""
+        return self.prune is not None or self.relayout
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,29 +146,35 @@ class Shard:
     def __init__(
         self,
         name: str,
-        ring: Ring,
         store: Store,
         lease: ShardLease,
         *,
+        ring: Sequence[str] = (),
         max_batch: int = 20_000,
     ) -> None:
-        if name not in ring.shards:
-            raise FailedPrecondition(f"shard {name!r} is not in the ring {ring!r}")
+        """``ring`` names the shards of a new cluster's first ring; a
+        database that already holds a placement keeps its own."""
         self.name = name
-        self.ring = ring
-        self.slots = ring.slots_of(name)
+        self.first_ring = list(ring)
         self.store = store
         self.lease = lease
         self.max_batch = max_batch
         self.indexes: dict[BoardKey, LeaderboardIndex] = {}
         self.profiles: dict[str, str] = {}
+        # The slots this shard owns at `epoch`, and their digest.
+        self.epoch = 0
+        self.slots: list[int] = []
+        self.digest = slots_digest(())
+        self._owned: frozenset[int] = frozenset()
         self._last_reached_us = 0
+        self._last_heartbeat = 0.0
         self._recent: OrderedDict[tuple[str, str], RequestRow] = OrderedDict()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=10_000)
         self._loop_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the store, migrate, rebuild the indexes, start committing."""
@@ -159,24 +183,38 @@ class Shard:
         await self.lease.acquire()
         self._lease_task = asyncio.create_task(self.lease.hold())
         await self.store.migrate()
-        snapshot = await self.store.load(self.slots)
+        if self.first_ring:
+            await self.store.bootstrap(self.first_ring)
+        await self.store.register(self.name)
+        epoch, slots = await self.store.layout(self.name)
+        snapshot = await self.store.load(slots)
         self.indexes = snapshot.indexes
         self.profiles = snapshot.profiles
         self._last_reached_us = snapshot.last_reached_us
+        self._hold(epoch, slots)
         self._loop_task = asyncio.create_task(self._commit_loop())
         self._expiry_task = asyncio.create_task(self._expire_requests())
         self._sweep_task = asyncio.create_task(self._sweep())
+        self._watch_task = asyncio.create_task(
+            _placement.watch(self.store.dsn, self._check_epoch)
+        )
         logger.info(
-            "shard %s rebuilt %d entries in %d leaderboard periods in %.2fs",
+            "shard %s rebuilt %d entries of %d slots in %d leaderboard periods"
+            " in %.2fs",
             self.name,
             sum(len(i) for i in self.indexes.values()),
+            len(slots),
             len(self.indexes),
             time.perf_counter() - started,
         )
 
+    async def advertise(self, address: str) -> None:
+        """Record where coordinators reach this shard."""
+        await self.store.register(self.name, address)
+
     async def stop(self) -> None:
         """Commit what is queued, then close the store."""
-        for task in (self._expiry_task, self._sweep_task):
+        for task in (self._expiry_task, self._sweep_task, self._watch_task):
             if task is not None:
                 task.cancel()
         if self._loop_task is not None:
@@ -188,20 +226,96 @@ class Shard:
         await self.lease.release()
         await self.store.close()
 
+    # Placement
+
+    def _hold(self, epoch: int, slots: list[int]) -> None:
+        self.epoch = epoch
+        self.slots = slots
+        self._owned = frozenset(slots)
+        self.digest = slots_digest(slots)
+
+    def _wrong_shard(self, user_id: str) -> WrongShard | None:
+        if slot_of(user_id) in self._owned:
+            return None
+        return WrongShard(
+            f"shard {self.name} does not own user {user_id!r}'s slot"
+            f" {slot_of(user_id)} at epoch {self.epoch}"
+        )
+
+    async def _check_epoch(self) -> None:
+        """Relayout if the placement gave or took slots; heartbeat."""
+        epoch = await self.store.epoch(self.name)
+        if epoch != self.epoch:
+            await self._submit_one(_Job(relayout=True))
+        if time.monotonic() - self._last_heartbeat > _HEARTBEAT_EVERY:
+            await self.store.heartbeat(self.name, self.epoch)
+            self._last_heartbeat = time.monotonic()
+
+    async def _relayout(self) -> None:
+        """Take the slots PostgreSQL says this shard owns now.
+
+        Runs in the commit loop. Gained slots are loaded from PostgreSQL
+        first; then, without yielding, lost ones are dropped and gained
+        ones added, so reads see the old slots or the new, never a mix.
+        """
+        epoch, slots = await self.store.layout(self.name)
+        if epoch == self.epoch:
+            return
+        owned = frozenset(slots)
+        gained = sorted(owned - self._owned)
+        lost = self._owned - owned
+        snapshot = await self.store.load(gained) if gained else None
+        if lost:
+            self._drop(lost)
+        if snapshot is not None:
+            self._adopt(snapshot)
+        self._hold(epoch, slots)
+        logger.info(
+            "shard %s now owns %d slots (epoch %d): %d gained, %d lost",
+            self.name,
+            len(slots),
+            epoch,
+            len(gained),
+            len(lost),
+        )
+        try:
+            await self.store.heartbeat(self.name, epoch)
+            self._last_heartbeat = time.monotonic()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+
+    def _drop(self, lost: frozenset[int]) -> None:
+        for board, index in list(self.indexes.items()):
+            for user in index.user_ids():
+                if slot_of(user) in lost:
+                    index.remove(user)
+            if not len(index):
+                del self.indexes[board]
+        for user in [u for u in self.profiles if slot_of(u) in lost]:
+            del self.profiles[user]
+        for key in [k for k in self._recent if slot_of(k[0]) in lost]:
+            del self._recent[key]
+
+    def _adopt(self, snapshot: Snapshot) -> None:
+        for board, loaded in snapshot.indexes.items():
+            index = self.indexes.get(board)
+            if index is None:
+                self.indexes[board] = loaded
+                continue
+            for entry in loaded:
+                index.upsert(*entry, metadata=loaded.metadata(entry.user_id))
+        self.profiles.update(snapshot.profiles)
+        self._last_reached_us = max(self._last_reached_us, snapshot.last_reached_us)
+
     # Writes
 
-    def check_owner(self, user_id: str) -> None:
-        owner = self.ring.owner(user_id)
-        if owner != self.name:
-            raise FailedPrecondition(
-                f"user {user_id!r} belongs to shard {owner!r}, not {self.name!r};"
-                " the coordinator's ring differs from this shard's"
-            )
-
     async def apply(self, writes: list[Write], arrived_us: int) -> list[Outcome]:
-        """Apply writes in order; one outcome each, once committed."""
-        for write in writes:
-            self.check_owner(write.user_id)
+        """Apply writes in order; one outcome each, once committed.
+
+        A write for a user this shard does not own fails alone, with
+        WrongShard; the coordinator sends it to the owner.
+        """
         writes = [
             w if not w.arrived_us else replace(w, arrived_us=_arrival(w.arrived_us))
             for w in writes
@@ -210,13 +324,11 @@ class Shard:
         return await self._submit(job)
 
     async def upsert_user(self, user_id: str, display_name: str) -> None:
-        self.check_owner(user_id)
         job = _Job(profile=ProfileRow(user_id, slot_of(user_id), display_name))
         await self._submit_one(job)
 
     async def remove(self, user_id: str, board_id: int) -> int:
         """Remove the user's entries on one board, or everywhere with 0."""
-        self.check_owner(user_id)
         job = _Job(removal=Removal(user_id, board_id, profile=board_id == 0))
         return await self._submit_one(job)
 
@@ -247,18 +359,16 @@ class Shard:
             if job is _STOP:
                 return
 
-            # A prune commits alone, so no write in the same batch can
-            # land in a period it drops.
             jobs = [job]
             size = job.size
-            while job.prune is None and size < self.max_batch:
+            while not job.alone and size < self.max_batch:
                 if self._queue.empty():
                     break
                 nxt = self._queue.get_nowait()
                 if nxt is _STOP:
                     stopping = True
                     break
-                if nxt.prune is not None:
+                if nxt.alone:
                     held = nxt
                     break
                 jobs.append(nxt)
@@ -295,6 +405,14 @@ class Shard:
         jobs = [job for job in jobs if not job.future.cancelled()]
         if not jobs:
             return
+        if jobs[0].relayout:
+            try:
+                await self._relayout()
+            except Exception as exc:
+                _answer_all(jobs, self._commit_error(exc))
+                return
+            jobs[0].future.set_result([len(self.slots)])
+            return
         try:
             stored = await self._stored_requests(jobs)
         except Exception as exc:
@@ -310,7 +428,11 @@ class Shard:
         requests: dict[tuple[str, str], RequestRow] = {}
         results: list[list[Outcome]] = []
         for job in jobs:
-            if job.profile is not None:
+            target = job.profile or job.removal
+            wrong = None if target is None else self._wrong_shard(target.user_id)
+            if wrong is not None:
+                results.append([wrong])
+            elif job.profile is not None:
                 profiles[job.profile.user_id] = job.profile.display_name
                 results.append([1])
             elif job.removal is not None:
@@ -353,6 +475,17 @@ class Shard:
         try:
             if batch:
                 await self._write(batch)
+        except EpochChanged:
+            # The slots moved under this batch: take the new ones and
+            # compute it again, so writes to slots now elsewhere fail
+            # with WrongShard and the rest commit.
+            try:
+                await self._relayout()
+            except Exception as exc:
+                _answer_all(jobs, self._commit_error(exc))
+                return
+            await self._commit(jobs)
+            return
         except Exception as exc:
             _answer_all(jobs, self._commit_error(exc))
             return
@@ -402,7 +535,7 @@ class Shard:
         conflict with another transaction (a deadlock, say)."""
         for attempt in range(3):
             try:
-                await self.store.write(batch)
+                await self.store.write(batch, self.name, self.epoch)
                 return
             except (DeadlockDetected, SerializationFailure) as exc:
                 if attempt == 2:
@@ -444,6 +577,9 @@ class Shard:
         requests: dict[tuple[str, str], RequestRow],
         arrived_us: int,
     ) -> Outcome:
+        wrong = self._wrong_shard(write.user_id)
+        if wrong is not None:
+            return wrong
         request_key = (write.user_id, write.request_id)
         if write.request_id:
             earlier = requests.get(request_key) or stored.get(request_key)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from chronoscore import _placement
 from chronoscore._db import is_unavailable, make_pool
 from chronoscore._schema import migrate
 
@@ -27,6 +28,7 @@ __all__ = [
     "Batch",
     "Snapshot",
     "BoardKey",
+    "EpochChanged",
     "is_unavailable",
 ]
 
@@ -83,6 +85,11 @@ _LOAD_SCORES = """
                  s.reached_us, s.user_id
     ) TO STDOUT (FORMAT BINARY)
 """
+
+
+class EpochChanged(Exception):
+    """The shard's slots changed since it last loaded them; nothing was
+    written. Reload the placement and compute the batch again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +167,7 @@ class Store:
     """A connection pool to the cluster's PostgreSQL database."""
 
     def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
+        self.dsn = dsn
         self.timeout = timeout
         self._pool = make_pool(dsn, "chronoscore-shard", max_size=2, timeout=timeout)
 
@@ -212,6 +220,31 @@ class Store:
             profiles = {user: name for user, name in await cur.fetchall()}
         return Snapshot(indexes, profiles, last_reached)
 
+    async def bootstrap(self, ring: Sequence[str]) -> None:
+        async with self._pool.connection() as conn:
+            await _placement.bootstrap(conn, ring)
+
+    async def register(self, shard: str, address: str | None = None) -> None:
+        async with self._pool.connection() as conn:
+            await _placement.register(conn, shard, address)
+
+    async def heartbeat(self, shard: str, applied_epoch: int) -> None:
+        async with self._pool.connection() as conn:
+            await _placement.heartbeat(conn, shard, applied_epoch)
+
+    async def epoch(self, shard: str) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT epoch FROM ring_shards WHERE name = %s", [shard]
+            )
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def layout(self, shard: str) -> tuple[int, list[int]]:
+        """(epoch, owned slots) of ``shard``."""
+        async with self._pool.connection() as conn:
+            return await _placement.layout(conn, shard)
+
     async def find_requests(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], RequestRow]:
@@ -228,13 +261,20 @@ class Store:
             for user, rid, board, period, score, changed in rows
         }
 
-    async def write(self, batch: Batch) -> None:
-        """Commit a batch in one transaction.
+    async def write(self, batch: Batch, shard: str, epoch: int) -> None:
+        """Commit a batch in one transaction, if ``shard`` still holds
+        ``epoch`` (see ``chronoscore._placement``); else EpochChanged.
 
         Each (board, period, user), profile and request appears once.
         Raises psycopg or pool errors when PostgreSQL cannot commit.
         """
         async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT epoch FROM ring_shards WHERE name = %s FOR SHARE", [shard]
+            )
+            row = await cur.fetchone()
+            if row is None or row[0] != epoch:
+                raise EpochChanged(f"shard {shard}'s epoch is no longer {epoch}")
             for removal in batch.removals:
                 await self._remove(conn, removal)
             for board_id, before_us, slots in batch.prunes:

@@ -167,11 +167,13 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("name", "ring", "slots")
+    __slots__ = ("name", "slots", "epoch", "entries")
     NAME_FIELD_NUMBER: _ClassVar[int]
-    RING_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
     name: str
-    ring: _containers.RepeatedScalarFieldContainer[str]
     slots: int
-    def __init__(self, name: _Optional[str] = ..., ring: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ...) -> None: ...
+    epoch: int
+    entries: int
+    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., epoch: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,295 @@
+"""Placement: which shard owns each slot, kept in PostgreSQL.
+
+Users hash to slots (``chronoscore._ring``); each slot's owner is a row
+of ``ring_slots``. ``ring_state`` holds the members, the shard names the
+ring is meant to be built from, and a version that every change bumps.
+``ring_shards`` holds, per shard, an epoch bumped whenever its set of
+slots changes, the epoch it has applied, and the address it listens on.
+
+A rebalance (``chronoscore cluster add-shard``) moves slots whose owner
+differs from the members' ring, a chunk at a time, each chunk in one
+transaction that changes the owners, bumps both shards' epochs and the
+version, and notifies every process. A shard commits writes in a
+transaction that first takes its ``ring_shards`` row FOR SHARE and
+checks the epoch it holds, so:
+
+- once a chunk's move commits, the old owner cannot commit to those
+  slots again: its next commit sees the new epoch, drops them, and
+  fails their writes back to the coordinator, which re-routes them;
+- the new owner loads the chunk from PostgreSQL, where it is complete,
+  before it commits anything to it.
+
+No acknowledged write is lost or applied twice, whichever process dies
+at whatever step; a rebalance that stops can simply be run again.
+
+Reads stay exact during a move because every read a coordinator sends
+names the digest of the slots it believes that shard owns; a shard
+whose slots differ refuses the call (ABORTED), and the coordinator
+reloads the placement and reads again. Within one answer, every slot is
+therefore counted on exactly one shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import AsyncConnection
+
+from ._db import is_unavailable
+from ._ring import SLOT_COUNT, Ring, slot_of, slots_digest
+from .errors import ChronoscoreError, FailedPrecondition
+
+__all__ = [
+    "CHANNEL",
+    "Placement",
+    "ShardState",
+    "bootstrap",
+    "load",
+    "version",
+    "register",
+    "heartbeat",
+    "layout",
+    "shard_states",
+    "set_members",
+    "move",
+    "watch",
+]
+
+logger = logging.getLogger("chronoscore.placement")
+
+# NOTIFY channel on which a placement change wakes every process.
+CHANNEL = "chronoscore_ring"
+
+# Serialises bootstraps and moves.
+_LOCK = 0x43_68_72_6F_52_67
+
+
+class Placement:
+    """One version of the slot → shard map. Immutable."""
+
+    def __init__(
+        self, version: int, members: Iterable[str], owners: Sequence[str]
+    ) -> None:
+        if len(owners) != SLOT_COUNT:
+            raise FailedPrecondition(
+                f"the placement holds {len(owners)} slots, not {SLOT_COUNT}"
+            )
+        self.version = version
+        self.members: tuple[str, ...] = tuple(sorted(members))
+        self.owners: tuple[str, ...] = tuple(owners)
+        slots: dict[str, list[int]] = {}
+        for slot, owner in enumerate(self.owners):
+            slots.setdefault(owner, []).append(slot)
+        self._slots = slots
+        # Shards that own at least one slot: the ones every read asks.
+        self.holders: tuple[str, ...] = tuple(sorted(slots))
+        self.digests = {name: slots_digest(s) for name, s in slots.items()}
+
+    @classmethod
+    def of_ring(cls, ring: Ring, version: int = 1) -> Placement:
+        owners = [ring.owner_of_slot(s) for s in range(SLOT_COUNT)]
+        return cls(version, ring.shards, owners)
+
+    def owner(self, user_id: str) -> str:
+        """The shard that owns a user. O(len(user_id))."""
+        return self.owners[slot_of(user_id)]
+
+    def slots_of(self, shard: str) -> list[int]:
+        return list(self._slots.get(shard, ()))
+
+    def digest(self, shard: str) -> str:
+        """Digest of the slots ``shard`` owns; what reads check."""
+        return self.digests.get(shard) or slots_digest(())
+
+    def pending(self) -> list[int]:
+        """Slots whose owner is not the members' ring's choice."""
+        target = Ring(self.members)
+        return [
+            slot
+            for slot, owner in enumerate(self.owners)
+            if owner != target.owner_of_slot(slot)
+        ]
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n}: {len(s)}" for n, s in sorted(self._slots.items()))
+        return f"Placement(version={self.version}, {{{counts}}})"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardState:
+    """One shard's row of ``ring_shards``."""
+
+    name: str
+    epoch: int
+    applied_epoch: int
+    address: str | None
+    seen_seconds_ago: float | None
+
+
+async def bootstrap(conn: AsyncConnection, names: Iterable[str]) -> bool:
+    """Give a new cluster its first placement, the ring of ``names``.
+
+    Does nothing if the database already holds one; that one wins, since
+    online changes are recorded there and not in anyone's flags. Returns
+    whether it created the placement.
+    """
+    ring = Ring(names)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+        cur = await conn.execute("SELECT members FROM ring_state")
+        row = await cur.fetchone()
+        if row is not None:
+            if tuple(sorted(row[0])) != ring.shards:
+                logger.info(
+                    "the database's ring members are %s; ignoring the given %s",
+                    ",".join(sorted(row[0])),
+                    ",".join(ring.shards),
+                )
+            return False
+        placement = Placement.of_ring(ring)
+        await conn.execute(
+            "INSERT INTO ring_state (version, members) VALUES (1, %s)",
+            [list(ring.shards)],
+        )
+        await conn.execute(
+            "INSERT INTO ring_slots (slot, owner)"
+            " SELECT * FROM unnest(%s::integer[], %s::text[])",
+            [list(range(SLOT_COUNT)), list(placement.owners)],
+        )
+        await conn.execute(
+            "INSERT INTO ring_shards (name) SELECT unnest(%s::text[])"
+            " ON CONFLICT (name) DO NOTHING",
+            [list(ring.shards)],
+        )
+        await conn.execute(f"NOTIFY {CHANNEL}")
+    logger.info("new cluster: ring of %s", ",".join(ring.shards))
+    return True
+
+
+async def load(conn: AsyncConnection) -> Placement:
+    """The current placement, read in one snapshot."""
+    cur = await conn.execute(
+        "SELECT version, members,"
+        " (SELECT array_agg(owner ORDER BY slot) FROM ring_slots)"
+        " FROM ring_state"
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise FailedPrecondition(
+            "the database holds no ring yet: start the shards (with --ring)"
+            " or the coordinator (with --shards) first"
+        )
+    return Placement(int(row[0]), row[1], row[2] or [])
+
+
+async def version(conn: AsyncConnection) -> int:
+    cur = await conn.execute("SELECT version FROM ring_state")
+    row = await cur.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+async def register(conn: AsyncConnection, name: str, address: str | None) -> None:
+    """Record that ``name`` runs, and where it listens once it does."""
+    await conn.execute(
+        "INSERT INTO ring_shards (name, address, seen_at) VALUES (%s, %s, now())"
+        " ON CONFLICT (name) DO UPDATE SET"
+        " address = coalesce(EXCLUDED.address, ring_shards.address),"
+        " seen_at = now()",
+        [name, address],
+    )
+
+
+async def heartbeat(conn: AsyncConnection, name: str, applied_epoch: int) -> None:
+    await conn.execute(
+        "UPDATE ring_shards SET seen_at = now(), applied_epoch = %s WHERE name = %s",
+        [applied_epoch, name],
+    )
+
+
+async def layout(conn: AsyncConnection, name: str) -> tuple[int, list[int]]:
+    """(epoch, owned slots ascending) of one shard, read in one snapshot."""
+    cur = await conn.execute(
+        "SELECT epoch,"
+        " (SELECT array_agg(slot ORDER BY slot) FROM ring_slots WHERE owner = %s)"
+        " FROM ring_shards WHERE name = %s",
+        [name, name],
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise FailedPrecondition(f"shard {name!r} is not registered")
+    return int(row[0]), list(row[1] or [])
+
+
+async def shard_states(conn: AsyncConnection) -> dict[str, ShardState]:
+    cur = await conn.execute(
+        "SELECT name, epoch, applied_epoch, address,"
+        " extract(epoch FROM now() - seen_at)::float8 FROM ring_shards"
+    )
+    return {row[0]: ShardState(*row) for row in await cur.fetchall()}
+
+
+async def set_members(conn: AsyncConnection, members: Iterable[str]) -> Placement:
+    """Make ``members`` the shards the ring is built from; move nothing."""
+    ring = Ring(members)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+        await conn.execute(
+            "UPDATE ring_state SET members = %s, version = version + 1",
+            [list(ring.shards)],
+        )
+        await conn.execute(f"NOTIFY {CHANNEL}")
+        return await load(conn)
+
+
+async def move(conn: AsyncConnection, slots: Sequence[int], to: str) -> Placement:
+    """Give ``slots`` to shard ``to`` in one transaction; see the module."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+        cur = await conn.execute(
+            "SELECT DISTINCT owner FROM ring_slots WHERE slot = ANY(%s)",
+            [list(slots)],
+        )
+        shards = {row[0] for row in await cur.fetchall()} | {to}
+        cur = await conn.execute(
+            "UPDATE ring_shards SET epoch = epoch + 1 WHERE name = ANY(%s)",
+            [sorted(shards)],
+        )
+        if cur.rowcount != len(shards):
+            raise FailedPrecondition(f"shard {to!r} has never started")
+        await conn.execute(
+            "UPDATE ring_slots SET owner = %s WHERE slot = ANY(%s)", [to, list(slots)]
+        )
+        await conn.execute("UPDATE ring_state SET version = version + 1")
+        await conn.execute(f"NOTIFY {CHANNEL}")
+        return await load(conn)
+
+
+async def watch(
+    dsn: str, changed: Callable[[], Awaitable[None]], *, every: float = 1.0
+) -> None:
+    """Call ``changed()`` on every placement notification, and every
+    ``every`` seconds in case one was missed; never returns.
+
+    ``changed`` decides whether anything changed. Its failures while
+    PostgreSQL is unreachable are logged and tried again.
+    """
+    while True:
+        try:
+            async with await AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=5
+            ) as conn:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                while True:
+                    await changed()
+                    async for _ in conn.notifies(timeout=every, stop_after=1):
+                        pass
+        except (psycopg.Error, ChronoscoreError, OSError) as exc:
+            if isinstance(exc, psycopg.Error) and not is_unavailable(exc):
+                logger.warning("placement watch failed: %s", exc)
+            else:
+                logger.debug("placement watch interrupted: %s", exc)
+            await asyncio.sleep(every)
