@@ -457,7 +457,7 @@ def _moved(result: _pb.SubmitResult) -> bool:
     if not result.HasField("failure"):
         return False
     code: int = result.failure.code
-    return code == WrongShard.code.value[0]
+    return code == int(WrongShard.code.value[0])
 
 
 def _failure(error: ChronoscoreError) -> _pb.SubmitResult:
