@@ -141,6 +141,12 @@ class LocalCluster:
         return self
 
     def _start(self, timeout: float) -> None:
+        # A database whose placement grew beyond `shards` (with
+        # `chronoscore cluster add-shard`) needs those shards running too.
+        for name in self._recorded_owners():
+            if name not in self.names:
+                logger.info("the placement also gives slots to %s", name)
+                self.names.append(name)
         for name in self.names:
             self.start_shard(name, wait=False)
         for name in self.names:
@@ -148,6 +154,17 @@ class LocalCluster:
 
         self._spawn("coordinator", self._coordinator_args(self.port))
         self.coordinator_port = self._wait_ready("coordinator", timeout)
+
+    def _recorded_owners(self) -> list[str]:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=10) as conn:
+                rows = conn.execute("SELECT DISTINCT owner FROM ring_slots").fetchall()
+        except (psycopg.errors.UndefinedTable, psycopg.OperationalError):
+            # A new database, or one the shards will report unreachable.
+            return []
+        return sorted(str(row[0]) for row in rows)
 
     def start_shard(
         self, name: str, *, wait: bool = True, timeout: float = 120.0
@@ -170,6 +187,20 @@ class LocalCluster:
         )
         if wait:
             self.shard_ports[name] = self._wait_ready(name, timeout)
+
+    def add_shard(self, name: str, timeout: float = 120.0) -> None:
+        """Start one more shard process. It owns no slots until
+        ``chronoscore cluster add-shard`` moves some to it."""
+        if name in self.names:
+            raise FailedPrecondition(f"{name} is already part of this cluster")
+        self.names.append(name)
+        self.start_shard(name, timeout=timeout)
+
+    def stop_shard(self, name: str, timeout: float = 30.0) -> None:
+        """SIGTERM one shard, e.g. after ``remove-shard`` emptied it."""
+        self._terminate([name], timeout)
+        self.names.remove(name)
+        self.shard_ports.pop(name, None)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         """Send ``sig`` to a process and wait for it; return its exit code."""

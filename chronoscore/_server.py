@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ._db import is_unavailable
 from ._metrics import RPC_SECONDS
-from ._ring import SHARD_HEADER, SLOTS_HEADER
+from ._ring import SHARD_HEADER
 from .errors import ChronoscoreError, FailedPrecondition
 
 __all__ = [
@@ -257,35 +257,23 @@ def refusal(
 
 
 class ShardCheck(aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuse calls meant for another shard, or for other slots.
+    """Refuse calls meant for another shard.
 
     Every call names the shard it means, which catches an address that
-    points at the wrong one. A read also carries the digest of the slots
-    the caller believes this shard owns; if the shard owns others (slots
-    moved, see ``chronoscore._placement``), summing its answer with the
-    other shards' could count a user twice or not at all, so the read is
-    refused with ABORTED and the caller reads the placement again.
+    points at the wrong one.
     """
 
-    def __init__(self, name: str, digest: Callable[[], str]) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.digest = digest
 
-        def refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-            async def refuse(request: object, context: aio.ServicerContext) -> None:
-                await context.abort(code, message)
+        async def refuse(request: object, context: aio.ServicerContext) -> None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this is shard {name}; the caller's address for another shard"
+                " points here",
+            )
 
-            return grpc.unary_unary_rpc_method_handler(refuse)
-
-        self._wrong_shard = refusal(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"this is shard {name}; the caller's address for another shard points here",
-        )
-        self._moved = refusal(
-            grpc.StatusCode.ABORTED,
-            f"shard {name} owns other slots than the caller expects; the"
-            " placement changed",
-        )
+        self._wrong_shard = grpc.unary_unary_rpc_method_handler(refuse)
 
     async def intercept_service(
         self,
@@ -298,9 +286,6 @@ class ShardCheck(aio.ServerInterceptor):  # type: ignore[misc]
         metadata = dict(details.invocation_metadata or ())
         if metadata.get(SHARD_HEADER) != self.name:
             return self._wrong_shard
-        expected = metadata.get(SLOTS_HEADER)
-        if expected is not None and expected != self.digest():
-            return self._moved
         return await continuation(details)
 
 

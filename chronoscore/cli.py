@@ -38,7 +38,7 @@ from .client import (
     Page,
     Update,
 )
-from .errors import ChronoscoreError, InvalidArgument
+from .errors import ChronoscoreError, InvalidArgument, Unavailable
 
 __all__ = ["main"]
 
@@ -221,6 +221,56 @@ def _parser() -> argparse.ArgumentParser:
     _dsn_argument(soak)
     soak.add_argument("--json", action="store_true", help="print JSON")
     soak.set_defaults(run=_bench_soak)
+
+    cluster = commands.add_parser(
+        "cluster", help="see the placement; add and remove shards online"
+    )
+    clusters = cluster.add_subparsers(required=True, metavar="ACTION")
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument(
+        "--dsn",
+        default=os.environ.get("CHRONOSCORE_DSN"),
+        help="the cluster's PostgreSQL (default: $CHRONOSCORE_DSN)",
+    )
+    admin.add_argument("--json", action="store_true", help="print JSON")
+    moving = argparse.ArgumentParser(add_help=False, parents=[admin])
+    moving.add_argument(
+        "--slots-per-step",
+        type=_positive,
+        default=256,
+        help="slots moved per transaction (of 16384); fewer means shorter"
+        " pauses for the users being moved (default: %(default)s)",
+    )
+    moving.add_argument(
+        "--wait",
+        type=_seconds,
+        default=60.0,
+        help="seconds to wait for a shard to take its new slots",
+    )
+    status = clusters.add_parser(
+        "status", parents=[admin], help="members, slots per shard, and health"
+    )
+    status.set_defaults(run=_cluster_status)
+    add = clusters.add_parser(
+        "add-shard",
+        parents=[moving],
+        help="make a running shard a member and move its share of slots to it",
+    )
+    add.add_argument("name", help="the new shard's --name")
+    add.set_defaults(run=_cluster_move, action="add")
+    remove = clusters.add_parser(
+        "remove-shard",
+        parents=[moving],
+        help="move a shard's slots to the other members; then it can stop",
+    )
+    remove.add_argument("name")
+    remove.set_defaults(run=_cluster_move, action="remove")
+    resume = clusters.add_parser(
+        "rebalance",
+        parents=[moving],
+        help="finish an interrupted add-shard or remove-shard",
+    )
+    resume.set_defaults(run=_cluster_move, action="resume", name=None)
 
     demo = commands.add_parser("demo", help="replay a real data set")
     demos = demo.add_subparsers(required=True, metavar="DATASET")
@@ -600,6 +650,7 @@ def _up(args: argparse.Namespace) -> None:
             data_dir = args.data_dir or default_data_dir()
             dsn = stack.enter_context(embedded_postgres(data_dir))
             console.print(f"embedded PostgreSQL data: {data_dir}", markup=False)
+            console.print(f"its DSN (for chronoscore cluster): {dsn}", markup=False)
         cluster = LocalCluster(dsn, args.shards, host=args.host, port=args.port)
         stack.callback(cluster.stop)
         cluster.start()
@@ -767,6 +818,106 @@ def print_entries(
 
 def _print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+
+
+def _admin_dsn(args: argparse.Namespace) -> str:
+    if not args.dsn:
+        raise InvalidArgument(
+            "give the cluster's PostgreSQL with --dsn or $CHRONOSCORE_DSN"
+            " (chronoscore up prints it when it starts)"
+        )
+    return str(args.dsn)
+
+
+def _run_admin(coroutine: Any) -> Any:
+    """Run an admin coroutine; an unreachable PostgreSQL is UNAVAILABLE."""
+    import asyncio
+
+    import psycopg
+
+    try:
+        return asyncio.run(coroutine)
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot reach PostgreSQL: {exc}") from None
+
+
+def _cluster_status(args: argparse.Namespace) -> None:
+    from ._rebalance import ALIVE_SECONDS, status
+
+    placement, states = _run_admin(status(_admin_dsn(args)))
+    names = sorted(set(placement.members) | set(placement.holders) | set(states))
+    rows = []
+    for name in names:
+        state = states.get(name)
+        age = None if state is None else state.seen_seconds_ago
+        rows.append(
+            {
+                "name": name,
+                "member": name in placement.members,
+                "slots": len(placement.slots_of(name)),
+                "address": None if state is None else state.address,
+                "running": age is not None and age <= ALIVE_SECONDS,
+                "epoch": None if state is None else state.epoch,
+                "applied_epoch": None if state is None else state.applied_epoch,
+            }
+        )
+    pending = len(placement.pending())
+    if args.json:
+        _print_json(
+            {"version": placement.version, "pending_slots": pending, "shards": rows}
+        )
+        return
+    table = Table("shard", "member", "slots", "running", "address")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            "yes" if row["member"] else "no",
+            str(row["slots"]),
+            "yes" if row["running"] else "no",
+            row["address"] or "",
+        )
+    console.print(table)
+    console.print(
+        f"placement version {placement.version};"
+        + (f" {pending} slots still to move" if pending else " balanced"),
+        markup=False,
+    )
+
+
+def _cluster_move(args: argparse.Namespace) -> None:
+    from rich.progress import Progress
+
+    from ._rebalance import rebalance
+
+    dsn = _admin_dsn(args)
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("moving slots", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        moved = _run_admin(
+            rebalance(
+                dsn,
+                add=args.name if args.action == "add" else None,
+                remove=args.name if args.action == "remove" else None,
+                slots_per_step=args.slots_per_step,
+                wait=args.wait,
+                progress=progress,
+            )
+        )
+    counts = {n: len(moved.placement.slots_of(n)) for n in moved.placement.holders}
+    _say(
+        args,
+        {
+            "version": moved.placement.version,
+            "slots_moved": moved.slots_moved,
+            "steps": moved.steps,
+            "slots": counts,
+        },
+        f"moved {moved.slots_moved} slots in {moved.steps} steps; slots per shard: "
+        + ", ".join(f"{n} {c}" for n, c in counts.items()),
+    )
 
 
 def _fail(args: argparse.Namespace, exc: ChronoscoreError) -> None:

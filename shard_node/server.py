@@ -76,7 +76,7 @@ async def serve(
 
     server = aio.server(
         options=SERVER_OPTIONS,
-        interceptors=[ShardCheck(name, lambda: shard.digest)],
+        interceptors=[ShardCheck(name)],
     )
     add_service(
         _shard_grpc.add_ShardServiceServicer_to_server, ShardServicer(shard), server

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from grpc import aio
 
 from chronoscore import _validate as check
+from chronoscore._ring import SLOTS_HEADER
 from chronoscore._server import rpc
-from chronoscore.errors import ChronoscoreError, InvalidArgument
+from chronoscore.errors import ChronoscoreError, InvalidArgument, WrongShard
 from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import shard_pb2 as _shard_pb
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
@@ -62,7 +63,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
     async def Range(
         self, request: _shard_pb.RangeRequest, context: aio.ServicerContext
     ) -> _shard_pb.EntriesReply:
-        index = self._index(request.board)
+        index = self._index(request.board, context)
         start = check.check_offset(request.start, "start")
         limit = check.check_limit(request.limit)
         entries = index.range(start, limit)
@@ -72,7 +73,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
     async def Sample(
         self, request: _shard_pb.SampleRequest, context: aio.ServicerContext
     ) -> _shard_pb.EntriesReply:
-        index = self._index(request.board)
+        index = self._index(request.board, context)
         lo = check.check_offset(request.lo, "lo")
         hi = len(index) if request.hi < 0 else min(request.hi, len(index))
         count = min(max(request.count, 0), _MAX_SAMPLE)
@@ -84,7 +85,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
     async def Count(
         self, request: _shard_pb.CountRequest, context: aio.ServicerContext
     ) -> _shard_pb.CountReply:
-        index = self._index(request.board)
+        index = self._index(request.board, context)
         if len(request.positions) > _MAX_SAMPLE * 64:
             raise InvalidArgument("too many positions in one Count")
         if any(p.reached_us < 0 for p in request.positions):
@@ -102,7 +103,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
     async def Lookup(
         self, request: _shard_pb.LookupRequest, context: aio.ServicerContext
     ) -> _shard_pb.EntriesReply:
-        index = self._index(request.board)
+        index = self._index(request.board, context)
         entries, positions = [], []
         for user in check.check_user_ids(list(request.user_ids)):
             entry = index.get(user)
@@ -133,7 +134,25 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
             entries=sum(len(i) for i in self.shard.indexes.values()),
         )
 
-    def _index(self, board: _shard_pb.BoardPeriod) -> LeaderboardIndex:
+    def _index(
+        self, board: _shard_pb.BoardPeriod, context: aio.ServicerContext
+    ) -> LeaderboardIndex:
+        """The index a read uses, once the read's slots are checked.
+
+        A read names the digest of the slots the caller believes this
+        shard owns. If the shard owns others (slots moved, see
+        ``chronoscore._placement``), summing its answer with the other
+        shards' could count a user twice or not at all, so the read is
+        refused with WrongShard and the caller reads the placement
+        again. The check and the read run without yielding in between.
+        """
+        metadata = dict(context.invocation_metadata() or ())
+        expected = metadata.get(SLOTS_HEADER)
+        if expected is not None and expected != self.shard.digest:
+            raise WrongShard(
+                f"shard {self.shard.name} owns other slots than the caller"
+                f" expects (epoch {self.shard.epoch}); the placement changed"
+            )
         return self.shard.index(_board_key(board), board.ascending)
 
     def _reply(

@@ -314,11 +314,14 @@ def test_metrics_are_served(dsn: str, tmp_path: Path) -> None:
         assert 'chronoscore_rpc_seconds_count{code="OK",method="GetTop"} 1.0' in (
             coordinator
         )
-        assert "chronoscore_ring_info{" in coordinator
+        assert "chronoscore_ring_version 1.0" in coordinator
         shard = scrape("shard-0")
         assert 'chronoscore_rpc_seconds_count{code="OK",method="Apply"}' in shard
         assert "chronoscore_commit_batch_updates_count" in shard
         assert "chronoscore_commit_lag_seconds_bucket" in shard
+        assert "chronoscore_shard_epoch " in shard
+        owned = len(Ring(cluster.names).slots_of("shard-0"))
+        assert f"chronoscore_shard_slots {float(owned)}" in shard
         sizes = [
             line
             for line in shard.splitlines()

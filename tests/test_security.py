@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chronoscore import Client, PermissionDenied, Unauthenticated, Unavailable
 from chronoscore._cluster import LocalCluster
-from chronoscore._ring import RING_HEADER, SHARD_HEADER, Ring
+from chronoscore._ring import SHARD_HEADER
 from chronoscore._security import token_digest
 from chronoscore.v1 import shard_pb2 as spb
 from chronoscore.v1 import shard_pb2_grpc as spb_grpc
@@ -190,8 +190,7 @@ def _shard_call(secured: Secured, issued: Issued | None) -> grpc.RpcError:
         private_key=None if issued is None else issued.key.read_bytes(),
         certificate_chain=None if issued is None else issued.cert.read_bytes(),
     )
-    ring = Ring(cluster.names)
-    headers = ((RING_HEADER, ring.fingerprint), (SHARD_HEADER, name))
+    headers = ((SHARD_HEADER, name),)
     with grpc.secure_channel(
         f"127.0.0.1:{cluster.shard_ports[name]}", credentials
     ) as ch:

@@ -1,0 +1,152 @@
+"""Change the shard count online: ``chronoscore cluster add-shard`` and
+``remove-shard``.
+
+Adding or removing a member changes the ring the placement should
+follow; then slots whose owner differs from the ring's choice move, a
+chunk at a time, each chunk in one transaction (see
+``chronoscore._placement`` for why that loses and doubles nothing).
+Only those slots move: about 1/N of them when a cluster of N grows by
+one. After each chunk the mover waits until both shards have taken it,
+so a shard that is down stops the move instead of leaving its slots
+unserved. A mover that dies, or stops, leaves a placement that is
+complete at every step; running any of the commands again resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection
+
+from . import _placement
+from ._placement import Placement, ShardState
+from ._ring import Ring, check_shard_name
+from ._schema import migrate
+from .errors import FailedPrecondition, InvalidArgument, Unavailable
+
+__all__ = ["Moved", "rebalance", "status"]
+
+logger = logging.getLogger("chronoscore.rebalance")
+
+# A shard that has not checked in for this long is taken to be down.
+ALIVE_SECONDS = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """What a rebalance did."""
+
+    placement: Placement
+    slots_moved: int
+    steps: int
+
+
+async def status(dsn: str) -> tuple[Placement, dict[str, ShardState]]:
+    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await migrate(conn)
+        return await _placement.load(conn), await _placement.shard_states(conn)
+
+
+async def rebalance(
+    dsn: str,
+    *,
+    add: str | None = None,
+    remove: str | None = None,
+    slots_per_step: int = 256,
+    wait: float = 60.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Moved:
+    """Make ``add`` a member or ``remove`` one, then move slots until the
+    placement matches the members' ring. ``progress(done, total)`` is
+    called after each chunk."""
+    if slots_per_step < 1:
+        raise InvalidArgument(
+            f"slots per step must be at least 1, not {slots_per_step}"
+        )
+    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await migrate(conn)
+        placement = await _placement.load(conn)
+        members = set(placement.members)
+        if add is not None:
+            members.add(check_shard_name(add))
+        if remove is not None:
+            if remove not in members:
+                raise FailedPrecondition(
+                    f"shard {remove!r} is not a member; members are"
+                    f" {', '.join(placement.members)}"
+                )
+            members.discard(remove)
+            if not members:
+                raise FailedPrecondition("the last shard cannot be removed")
+        if members != set(placement.members):
+            _check_alive(await _placement.shard_states(conn), members)
+            placement = await _placement.set_members(conn, members)
+            logger.info("members are now %s", ", ".join(placement.members))
+
+        total = len(placement.pending())
+        steps = 0
+        while chunk := _next_chunk(placement, slots_per_step):
+            to = Ring(placement.members).owner_of_slot(chunk[0])
+            involved = {placement.owners[s] for s in chunk} | {to}
+            _check_alive(await _placement.shard_states(conn), [to])
+            placement = await _placement.move(conn, chunk, to)
+            steps += 1
+            logger.info("moved %d slots to %s", len(chunk), to)
+            await _wait_applied(conn, involved, wait)
+            if progress is not None:
+                progress(total - len(placement.pending()), total)
+        return Moved(placement, total, steps)
+
+
+def _next_chunk(placement: Placement, size: int) -> list[int]:
+    """Up to ``size`` misplaced slots that share their owner and target."""
+    target = Ring(placement.members)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for slot in placement.pending():
+        groups[placement.owners[slot], target.owner_of_slot(slot)].append(slot)
+    if not groups:
+        return []
+    return groups[min(groups)][:size]
+
+
+def _check_alive(states: dict[str, ShardState], names: object) -> None:
+    for name in sorted(names):  # type: ignore[call-overload]
+        state = states.get(name)
+        age = None if state is None else state.seen_seconds_ago
+        if age is None or age > ALIVE_SECONDS:
+            raise FailedPrecondition(
+                f"shard {name} is not running: start it first (it checks in"
+                " with the database as it starts), then run this again"
+            )
+
+
+async def _wait_applied(conn: AsyncConnection, names: set[str], wait: float) -> None:
+    """Until every running shard in ``names`` has taken its new slots.
+
+    A shard that is down takes them when it starts, so it is not waited
+    for.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        states = await _placement.shard_states(conn)
+        late = sorted(
+            name
+            for name in names
+            if (state := states.get(name)) is not None
+            and state.applied_epoch < state.epoch
+            and (state.seen_seconds_ago or 0.0) <= ALIVE_SECONDS
+        )
+        if not late:
+            return
+        if time.monotonic() > deadline:
+            raise Unavailable(
+                f"shard {', '.join(late)} has not taken its new slots within"
+                f" {wait:.0f}s; the placement is consistent, so run the"
+                " command again once it is healthy"
+            )
+        await asyncio.sleep(0.05)

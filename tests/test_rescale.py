@@ -1,0 +1,278 @@
+"""Changing the shard count while the cluster serves reads and writes.
+
+Three shards hold 100k users. A fourth joins under write and read load;
+the mover is killed half-way and run again; then a shard leaves. All
+along, readers check that no answer counts a user twice or misses one,
+and at the end every user is present once, the shards' counts add up,
+the ranks equal the SQL oracle's, and every acknowledged write is there.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from chronoscore import Client, Unavailable, Update
+from chronoscore._cluster import LocalCluster
+from chronoscore._ring import SLOT_COUNT, Ring
+from chronoscore.v1 import shard_pb2 as spb
+from chronoscore.v1 import shard_pb2_grpc as spb_grpc
+
+from .oracle import ranked
+
+BOARD = "rescale"
+USERS = int(os.environ.get("CHRONOSCORE_RESCALE_USERS", "100000"))
+
+
+class Load:
+    """Writers and readers running until stopped, keeping what they saw."""
+
+    def __init__(self, target: str, users: int, acked: dict[str, int]) -> None:
+        self.target = target
+        self.users = users
+        self.acked = acked
+        self.stopping = threading.Event()
+        self.problems: list[str] = []
+        self.unavailable = 0
+        self.writes = 0
+        self.reads = 0
+        self._threads = [
+            threading.Thread(target=self._guard(self._write), daemon=True),
+            threading.Thread(target=self._guard(self._read), daemon=True),
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+    def _guard(self, work: Callable[[Client], None]) -> Callable[[], None]:
+        def run() -> None:
+            with Client(self.target, timeout=30) as client:
+                try:
+                    work(client)
+                except Exception as exc:  # reported by the test, not lost
+                    self.problems.append(f"{type(exc).__name__}: {exc}")
+
+        return run
+
+    def _write(self, client: Client) -> None:
+        rng = random.Random()
+        run = uuid.uuid4().hex[:8]
+        round_ = 0
+        while not self.stopping.is_set():
+            round_ += 1
+            batch = {f"u{rng.randrange(self.users)}": rng.randrange(10_000)}
+            for _ in range(199):
+                batch[f"u{rng.randrange(self.users)}"] = rng.randrange(10_000)
+            updates = [
+                Update(BOARD, user, score, "set", request_id=f"{run}-{round_}")
+                for user, score in batch.items()
+            ]
+            while updates:
+                try:
+                    results = client.submit_scores(updates)
+                except Unavailable:
+                    # Unknown outcome: the request ids make a resend safe.
+                    self.unavailable += 1
+                    continue
+                again = []
+                for update, result in zip(updates, results, strict=True):
+                    if result.ok:
+                        assert result.score == update.score, (update, result)
+                        self.acked[update.user_id] = update.score
+                        self.writes += 1
+                    elif isinstance(result.error, Unavailable):
+                        self.unavailable += 1
+                        again.append(update)
+                    else:
+                        self.problems.append(f"write {update}: {result.error}")
+                updates = again
+
+    def _read(self, client: Client) -> None:
+        rng = random.Random()
+        while not self.stopping.is_set():
+            try:
+                top = client.top(BOARD, 10)
+                offset = rng.randrange(self.users - 100)
+                page = client.page(BOARD, offset, 100)
+            except Unavailable:
+                self.unavailable += 1
+                continue
+            self.reads += 2
+            for answer in (top, page):
+                if answer.total != self.users:
+                    self.problems.append(f"total {answer.total} != {self.users}")
+            ids = [e.user_id for e in page.entries]
+            if len(set(ids)) != len(ids) or len(ids) != 100:
+                self.problems.append(f"page at {offset} has {len(set(ids))} users")
+
+
+def _mover(dsn: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "chronoscore", "cluster", *args, "--dsn", dsn]
+
+
+def _slots(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT owner, count(*) FROM ring_slots GROUP BY owner"
+        ).fetchall()
+    return {owner: int(n) for owner, n in rows}
+
+
+def _describe(cluster: LocalCluster, name: str) -> spb.DescribeResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.shard_ports[name]}") as channel:
+        stub = spb_grpc.ShardServiceStub(channel)
+        reply: spb.DescribeResponse = stub.Describe(
+            spb.DescribeRequest(),
+            metadata=(("x-chronoscore-shard", name),),
+            timeout=10,
+        )
+    return reply
+
+
+def _check(cluster: LocalCluster, client: Client, acked: dict[str, int]) -> None:
+    """Every user once, counts that add up, the oracle's ranks, no lost write."""
+    owned = _slots(cluster.dsn)
+    assert sum(owned.values()) == SLOT_COUNT
+    members = [n for n in cluster.names if owned.get(n)]
+    # The placement settled on exactly the members' ring.
+    assert owned == {n: len(Ring(members).slots_of(n)) for n in members}, (
+        "slots are not where the ring puts them"
+    )
+
+    described = {n: _describe(cluster, n) for n in cluster.names}
+    assert {n: d.slots for n, d in described.items() if d.slots} == owned
+    assert sum(d.entries for d in described.values()) == USERS
+
+    seen: list[tuple[str, int, int]] = []
+    for offset in range(0, USERS, 1000):
+        page = client.page(BOARD, offset, 1000)
+        assert page.total == USERS
+        seen.extend((e.user_id, e.score, e.rank) for e in page.entries)
+    assert len(seen) == USERS and len({u for u, _, _ in seen}) == USERS
+    assert seen == ranked(cluster.dsn, BOARD)
+    scores = {u: s for u, s, _ in seen}
+    lost = {u: s for u, s in acked.items() if scores[u] != s}
+    assert not lost, f"{len(lost)} acknowledged writes are not there"
+
+
+@pytest.mark.timeout(900)
+def test_shards_join_and_leave_under_load(dsn: str, tmp_path: Path) -> None:
+    acked: dict[str, int] = {}
+    with LocalCluster(dsn, 3, workdir=tmp_path, log_dir=tmp_path / "logs") as cluster:
+        client = Client(cluster.target, timeout=60)
+        client.create_leaderboard(BOARD)
+        rng = random.Random(1)
+        for start in range(0, USERS, 5000):
+            updates = [
+                Update(BOARD, f"u{i}", rng.randrange(10_000), "set")
+                for i in range(start, min(start + 5000, USERS))
+            ]
+            assert all(r.ok for r in client.submit_scores(updates))
+            acked.update((u.user_id, u.score) for u in updates)
+
+        cluster.add_shard("shard-3")
+        with Load(cluster.target, USERS, acked) as load:
+            # Kill the mover once it has moved some slots but not all.
+            log = tmp_path / "mover.log"
+            with log.open("wb") as stderr:
+                mover = subprocess.Popen(
+                    _mover(
+                        cluster.dsn, "add-shard", "shard-3", "--slots-per-step", "16"
+                    ),
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+            deadline = time.monotonic() + 300
+            while _slots(cluster.dsn).get("shard-3", 0) < 1000:
+                assert mover.poll() is None, log.read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            mover.send_signal(signal.SIGKILL)
+            mover.wait()
+            halfway = _slots(cluster.dsn)
+            assert (
+                1000
+                <= halfway["shard-3"]
+                < len(Ring(cluster.names).slots_of("shard-3"))
+            )
+            assert sum(halfway.values()) == SLOT_COUNT
+            time.sleep(1)  # serve a while from the half-moved placement
+
+            done = subprocess.run(
+                _mover(cluster.dsn, "rebalance", "--json"),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert done.returncode == 0, done.stderr
+            time.sleep(1)
+        assert not load.problems, load.problems[:10]
+        assert load.writes > 0 and load.reads > 0
+        _check(cluster, client, acked)
+
+        # About a quarter of the slots moved, all to the new shard.
+        grown = _slots(cluster.dsn)
+        assert 0.15 < grown["shard-3"] / SLOT_COUNT < 0.35
+
+        with Load(cluster.target, USERS, acked) as load:
+            done = subprocess.run(
+                _mover(cluster.dsn, "remove-shard", "shard-1"),
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert done.returncode == 0, done.stderr
+            time.sleep(1)
+        assert not load.problems, load.problems[:10]
+        assert _describe(cluster, "shard-1").entries == 0
+        _check(cluster, client, acked)
+        cluster.stop_shard("shard-1")
+        # Shard-1 is gone and nobody needs it.
+        assert client.top(BOARD, 10).total == USERS
+        client.close()
+
+
+def test_moves_refuse_what_cannot_work(dsn: str, tmp_path: Path) -> None:
+    with LocalCluster(dsn, 2, workdir=tmp_path) as cluster:
+        run = lambda *args: subprocess.run(  # noqa: E731
+            _mover(cluster.dsn, *args), capture_output=True, text=True, timeout=120
+        )
+        # A shard that never started cannot take slots.
+        absent = run("add-shard", "shard-9")
+        assert absent.returncode == 1
+        assert "FAILED_PRECONDITION" in absent.stderr
+        assert "shard-9 is not running" in absent.stderr
+        assert _slots(cluster.dsn) == {
+            n: len(Ring(cluster.names).slots_of(n)) for n in cluster.names
+        }
+        not_member = run("remove-shard", "shard-7")
+        assert not_member.returncode == 1 and "not a member" in not_member.stderr
+        bad_name = run("add-shard", "Shard_X")
+        assert bad_name.returncode == 1 and "INVALID_ARGUMENT" in bad_name.stderr
+
+        # Removing one of two, then the last.
+        assert run("remove-shard", "shard-0").returncode == 0
+        assert _slots(cluster.dsn) == {"shard-1": SLOT_COUNT}
+        last = run("remove-shard", "shard-1")
+        assert last.returncode == 1 and "last shard" in last.stderr
+        status = run("status", "--json")
+        assert status.returncode == 0 and '"pending_slots": 0' in status.stdout
