@@ -32,6 +32,7 @@ therefore counted on exactly one shard.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -105,9 +106,14 @@ class Placement:
         """Digest of the slots ``shard`` owns; what reads check."""
         return self.digests.get(shard) or slots_digest(())
 
+    @property
+    def target(self) -> Ring:
+        """The ring of the members: where every slot should end up."""
+        return _ring_of(self.members)
+
     def pending(self) -> list[int]:
         """Slots whose owner is not the members' ring's choice."""
-        target = Ring(self.members)
+        target = self.target
         return [
             slot
             for slot, owner in enumerate(self.owners)
@@ -117,6 +123,11 @@ class Placement:
     def __repr__(self) -> str:
         counts = ", ".join(f"{n}: {len(s)}" for n, s in sorted(self._slots.items()))
         return f"Placement(version={self.version}, {{{counts}}})"
+
+
+@functools.lru_cache(maxsize=8)
+def _ring_of(members: tuple[str, ...]) -> Ring:
+    return Ring(members)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from psycopg import AsyncConnection
 
 from . import _placement
 from ._placement import Placement, ShardState
-from ._ring import Ring, check_shard_name
+from ._ring import check_shard_name
 from ._schema import migrate
 from .errors import FailedPrecondition, InvalidArgument, Unavailable
 
@@ -91,7 +91,7 @@ async def rebalance(
         total = len(placement.pending())
         steps = 0
         while chunk := _next_chunk(placement, slots_per_step):
-            to = Ring(placement.members).owner_of_slot(chunk[0])
+            to = placement.target.owner_of_slot(chunk[0])
             involved = {placement.owners[s] for s in chunk} | {to}
             _check_alive(await _placement.shard_states(conn), [to])
             placement = await _placement.move(conn, chunk, to)
@@ -105,7 +105,7 @@ async def rebalance(
 
 def _next_chunk(placement: Placement, size: int) -> list[int]:
     """Up to ``size`` misplaced slots that share their owner and target."""
-    target = Ring(placement.members)
+    target = placement.target
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for slot in placement.pending():
         groups[placement.owners[slot], target.owner_of_slot(slot)].append(slot)

@@ -198,6 +198,13 @@ class Shard:
         self._watch_task = asyncio.create_task(
             _placement.watch(self.store.dsn, self._check_epoch)
         )
+        if not slots:
+            logger.warning(
+                "shard %s owns no slots; `chronoscore cluster add-shard %s`"
+                " gives it its share",
+                self.name,
+                self.name,
+            )
         logger.info(
             "shard %s rebuilt %d entries of %d slots in %d leaderboard periods"
             " in %.2fs",

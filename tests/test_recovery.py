@@ -223,17 +223,21 @@ def _coordinator(
         process.wait(timeout=30)
 
 
-def test_coordinator_with_another_ring_is_refused(
+def test_coordinator_routes_by_the_database_not_its_flags(
     cluster: LocalCluster, client: Client, tmp_path: Path
 ) -> None:
     client.create_leaderboard(BOARD)
-    client.submit_score(BOARD, "x", 1)
-    # A coordinator that knows only one of the three shards.
+    client.submit_scores([Update(BOARD, f"p{i}", i) for i in range(30)])
+    # A coordinator told of one shard only still routes by the placement
+    # in the database and finds the others at the addresses they recorded.
     name = cluster.names[0]
     only = f"{name}=127.0.0.1:{cluster.shard_ports[name]}"
-    with _coordinator(cluster, only, tmp_path) as wrong:
-        with pytest.raises(FailedPrecondition, match="ring"):
-            wrong.top(BOARD)
+    with _coordinator(cluster, only, tmp_path) as other:
+        page = other.top(BOARD, 30)
+        assert page.total == 30
+        assert [e.user_id for e in page.entries] == [f"p{i}" for i in range(29, -1, -1)]
+        assert other.submit_score(BOARD, "p0", 100).changed
+    assert client.rank(BOARD, "p0").entry.rank == 1
 
 
 def test_two_names_for_one_address_are_refused(
