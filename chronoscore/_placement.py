@@ -3,6 +3,7 @@
 Users hash to slots (``chronoscore._ring``); each slot's owner is a row
 of ``ring_slots``. ``ring_state`` holds the members, the shard names the
 ring is meant to be built from, and a version that every change bumps.
+Each slot also records ``moved_at``, the version at which it last moved.
 ``ring_shards`` holds, per shard, an epoch bumped whenever its set of
 slots changes, the epoch it has applied, and the address it listens on.
 
@@ -22,32 +23,42 @@ checks the epoch it holds, so:
 No acknowledged write is lost or applied twice, whichever process dies
 at whatever step; a rebalance that stops can simply be run again.
 
+A shard compares slots with their ``moved_at``, not just their numbers:
+a slot that left and came back while the shard was not looking (paused,
+say) moved twice, so the shard loads it again rather than trusting what
+it held before.
+
 Reads stay exact during a move because every read a coordinator sends
-names the digest of the slots it believes that shard owns; a shard
-whose slots differ refuses the call (ABORTED), and the coordinator
-reloads the placement and reads again. Within one answer, every slot is
-therefore counted on exactly one shard.
+names the digest of the slots (with their ``moved_at``) it believes that
+shard holds; a shard that holds others refuses the call (ABORTED), and
+the coordinator reloads the placement and reads again. Within one
+answer, every slot is therefore counted on exactly one shard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from array import array
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import AsyncConnection
 
 from ._db import is_unavailable
-from ._ring import SLOT_COUNT, Ring, slot_of, slots_digest
+from ._ring import SLOT_COUNT, Ring, slot_of
 from .errors import ChronoscoreError, FailedPrecondition
 
 __all__ = [
     "CHANNEL",
+    "LEASE_CLASS",
+    "exclusive_rebalance",
     "Placement",
     "ShardState",
+    "holding_digest",
     "bootstrap",
     "load",
     "version",
@@ -65,46 +76,61 @@ logger = logging.getLogger("chronoscore.placement")
 # NOTIFY channel on which a placement change wakes every process.
 CHANNEL = "chronoscore_ring"
 
-# Serialises bootstraps and moves.
+# Serialises bootstraps and moves, one transaction at a time.
 _LOCK = 0x43_68_72_6F_52_67
+# Held by a rebalance for as long as it runs, so two never interleave.
+_REBALANCE_LOCK = 0x43_68_72_6F_4D_76
+# The first key of the session lock a running shard holds (the second is
+# hashtext of its name); a shard runs exactly while its lock is held.
+LEASE_CLASS = 0x4353
+
+
+def holding_digest(held: Mapping[int, int]) -> str:
+    """A short digest of slots and their ``moved_at``; what reads check."""
+    data = array("q", [x for slot in sorted(held) for x in (slot, held[slot])])
+    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
 
 
 class Placement:
     """One version of the slot → shard map. Immutable."""
 
     def __init__(
-        self, version: int, members: Iterable[str], owners: Sequence[str]
+        self,
+        version: int,
+        members: Iterable[str],
+        owners: Sequence[str],
+        moved_at: Sequence[int],
     ) -> None:
-        if len(owners) != SLOT_COUNT:
+        if not len(owners) == len(moved_at) == SLOT_COUNT:
             raise FailedPrecondition(
                 f"the placement holds {len(owners)} slots, not {SLOT_COUNT}"
             )
         self.version = version
         self.members: tuple[str, ...] = tuple(sorted(members))
         self.owners: tuple[str, ...] = tuple(owners)
-        slots: dict[str, list[int]] = {}
+        held: dict[str, dict[int, int]] = {}
         for slot, owner in enumerate(self.owners):
-            slots.setdefault(owner, []).append(slot)
-        self._slots = slots
+            held.setdefault(owner, {})[slot] = moved_at[slot]
+        self._held = held
         # Shards that own at least one slot: the ones every read asks.
-        self.holders: tuple[str, ...] = tuple(sorted(slots))
-        self.digests = {name: slots_digest(s) for name, s in slots.items()}
+        self.holders: tuple[str, ...] = tuple(sorted(held))
+        self.digests = {name: holding_digest(h) for name, h in held.items()}
 
     @classmethod
     def of_ring(cls, ring: Ring, version: int = 1) -> Placement:
         owners = [ring.owner_of_slot(s) for s in range(SLOT_COUNT)]
-        return cls(version, ring.shards, owners)
+        return cls(version, ring.shards, owners, [version] * SLOT_COUNT)
 
     def owner(self, user_id: str) -> str:
         """The shard that owns a user. O(len(user_id))."""
         return self.owners[slot_of(user_id)]
 
     def slots_of(self, shard: str) -> list[int]:
-        return list(self._slots.get(shard, ()))
+        return sorted(self._held.get(shard, ()))
 
     def digest(self, shard: str) -> str:
         """Digest of the slots ``shard`` owns; what reads check."""
-        return self.digests.get(shard) or slots_digest(())
+        return self.digests.get(shard) or holding_digest({})
 
     @property
     def target(self) -> Ring:
@@ -121,7 +147,7 @@ class Placement:
         ]
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{n}: {len(s)}" for n, s in sorted(self._slots.items()))
+        counts = ", ".join(f"{n}: {len(s)}" for n, s in sorted(self._held.items()))
         return f"Placement(version={self.version}, {{{counts}}})"
 
 
@@ -138,7 +164,8 @@ class ShardState:
     epoch: int
     applied_epoch: int
     address: str | None
-    seen_seconds_ago: float | None
+    # Whether a process for this shard is connected and holds its lock.
+    running: bool
 
 
 async def bootstrap(conn: AsyncConnection, names: Iterable[str]) -> bool:
@@ -185,7 +212,8 @@ async def load(conn: AsyncConnection) -> Placement:
     """The current placement, read in one snapshot."""
     cur = await conn.execute(
         "SELECT version, members,"
-        " (SELECT array_agg(owner ORDER BY slot) FROM ring_slots)"
+        " (SELECT array_agg(owner ORDER BY slot) FROM ring_slots),"
+        " (SELECT array_agg(moved_at ORDER BY slot) FROM ring_slots)"
         " FROM ring_state"
     )
     row = await cur.fetchone()
@@ -194,7 +222,7 @@ async def load(conn: AsyncConnection) -> Placement:
             "the database holds no ring yet: start the shards (with --ring)"
             " or the coordinator (with --shards) first"
         )
-    return Placement(int(row[0]), row[1], row[2] or [])
+    return Placement(int(row[0]), row[1], row[2] or [], row[3] or [])
 
 
 async def version(conn: AsyncConnection) -> int:
@@ -221,26 +249,45 @@ async def heartbeat(conn: AsyncConnection, name: str, applied_epoch: int) -> Non
     )
 
 
-async def layout(conn: AsyncConnection, name: str) -> tuple[int, list[int]]:
-    """(epoch, owned slots ascending) of one shard, read in one snapshot."""
+async def layout(conn: AsyncConnection, name: str) -> tuple[int, dict[int, int]]:
+    """(epoch, {slot: moved_at}) of one shard, read in one snapshot."""
     cur = await conn.execute(
         "SELECT epoch,"
-        " (SELECT array_agg(slot ORDER BY slot) FROM ring_slots WHERE owner = %s)"
+        " (SELECT array_agg(slot ORDER BY slot) FROM ring_slots WHERE owner = %s),"
+        " (SELECT array_agg(moved_at ORDER BY slot) FROM ring_slots"
+        "  WHERE owner = %s)"
         " FROM ring_shards WHERE name = %s",
-        [name, name],
+        [name, name, name],
     )
     row = await cur.fetchone()
     if row is None:
         raise FailedPrecondition(f"shard {name!r} is not registered")
-    return int(row[0]), list(row[1] or [])
+    return int(row[0]), dict(zip(row[1] or [], row[2] or [], strict=True))
 
 
 async def shard_states(conn: AsyncConnection) -> dict[str, ShardState]:
     cur = await conn.execute(
-        "SELECT name, epoch, applied_epoch, address,"
-        " extract(epoch FROM now() - seen_at)::float8 FROM ring_shards"
+        "SELECT s.name, s.epoch, s.applied_epoch, s.address, EXISTS ("
+        "  SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+        "  AND l.database = (SELECT oid FROM pg_database"
+        "                    WHERE datname = current_database())"
+        "  AND l.classid::bigint = %s AND l.objsubid = 2"
+        "  AND l.objid::bigint = (hashtext(s.name)::bigint & 4294967295))"
+        " FROM ring_shards s",
+        [LEASE_CLASS],
     )
     return {row[0]: ShardState(*row) for row in await cur.fetchall()}
+
+
+async def exclusive_rebalance(conn: AsyncConnection) -> None:
+    """Take the rebalance lock for this session, or FailedPrecondition."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [_REBALANCE_LOCK])
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        raise FailedPrecondition(
+            "another add-shard, remove-shard or rebalance is running on this"
+            " database; wait for it, or run rebalance once it has stopped"
+        )
 
 
 async def set_members(conn: AsyncConnection, members: Iterable[str]) -> Placement:
@@ -260,6 +307,10 @@ async def move(conn: AsyncConnection, slots: Sequence[int], to: str) -> Placemen
     """Give ``slots`` to shard ``to`` in one transaction; see the module."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
+        cur = await conn.execute("SELECT members FROM ring_state")
+        row = await cur.fetchone()
+        if row is None or to not in row[0]:
+            raise FailedPrecondition(f"shard {to!r} is not a member")
         cur = await conn.execute(
             "SELECT DISTINCT owner FROM ring_slots WHERE slot = ANY(%s)",
             [list(slots)],
@@ -272,7 +323,9 @@ async def move(conn: AsyncConnection, slots: Sequence[int], to: str) -> Placemen
         if cur.rowcount != len(shards):
             raise FailedPrecondition(f"shard {to!r} has never started")
         await conn.execute(
-            "UPDATE ring_slots SET owner = %s WHERE slot = ANY(%s)", [to, list(slots)]
+            "UPDATE ring_slots SET owner = %s,"
+            " moved_at = (SELECT version + 1 FROM ring_state) WHERE slot = ANY(%s)",
+            [to, list(slots)],
         )
         await conn.execute("UPDATE ring_state SET version = version + 1")
         await conn.execute(f"NOTIFY {CHANNEL}")

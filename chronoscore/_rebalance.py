@@ -7,9 +7,12 @@ chunk at a time, each chunk in one transaction (see
 ``chronoscore._placement`` for why that loses and doubles nothing).
 Only those slots move: about 1/N of them when a cluster of N grows by
 one. After each chunk the mover waits until both shards have taken it,
-so a shard that is down stops the move instead of leaving its slots
-unserved. A mover that dies, or stops, leaves a placement that is
-complete at every step; running any of the commands again resumes.
+so a shard that hangs stops the move instead of leaving its slots
+unserved. A shard counts as running while its process holds its lock in
+PostgreSQL (see ``shard_node.lease``); slots only move to running ones.
+One rebalance runs at a time. A mover that dies, or stops, leaves a
+placement that is complete at every step; running any of the commands
+again resumes.
 """
 
 from __future__ import annotations
@@ -18,23 +21,21 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import AsyncConnection
 
 from . import _placement
 from ._placement import Placement, ShardState
 from ._ring import check_shard_name
-from ._schema import migrate
 from .errors import FailedPrecondition, InvalidArgument, Unavailable
 
 __all__ = ["Moved", "rebalance", "status"]
 
 logger = logging.getLogger("chronoscore.rebalance")
-
-# A shard that has not checked in for this long is taken to be down.
-ALIVE_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +47,28 @@ class Moved:
     steps: int
 
 
+@asynccontextmanager
+async def _cluster_database(dsn: str) -> AsyncIterator[AsyncConnection]:
+    """A connection to a database that holds a ChronoScore placement.
+
+    Nothing is created in it: a mistyped DSN must not leave tables in
+    someone else's database.
+    """
+    async with await AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=10
+    ) as conn:
+        try:
+            await _placement.version(conn)
+        except psycopg.errors.UndefinedTable:
+            raise FailedPrecondition(
+                "this database holds no ChronoScore placement; check --dsn, or"
+                " start the cluster's shards first"
+            ) from None
+        yield conn
+
+
 async def status(dsn: str) -> tuple[Placement, dict[str, ShardState]]:
-    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await migrate(conn)
+    async with _cluster_database(dsn) as conn:
         return await _placement.load(conn), await _placement.shard_states(conn)
 
 
@@ -68,12 +88,15 @@ async def rebalance(
         raise InvalidArgument(
             f"slots per step must be at least 1, not {slots_per_step}"
         )
-    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await migrate(conn)
+    for name in (add, remove):
+        if name is not None:
+            check_shard_name(name)
+    async with _cluster_database(dsn) as conn:
+        await _placement.exclusive_rebalance(conn)
         placement = await _placement.load(conn)
         members = set(placement.members)
         if add is not None:
-            members.add(check_shard_name(add))
+            members.add(add)
         if remove is not None:
             if remove not in members:
                 raise FailedPrecondition(
@@ -84,7 +107,8 @@ async def rebalance(
             if not members:
                 raise FailedPrecondition("the last shard cannot be removed")
         if members != set(placement.members):
-            _check_alive(await _placement.shard_states(conn), members)
+            if add is not None:
+                _check_alive(await _placement.shard_states(conn), [add])
             placement = await _placement.set_members(conn, members)
             logger.info("members are now %s", ", ".join(placement.members))
 
@@ -114,22 +138,20 @@ def _next_chunk(placement: Placement, size: int) -> list[int]:
     return groups[min(groups)][:size]
 
 
-def _check_alive(states: dict[str, ShardState], names: object) -> None:
-    for name in sorted(names):  # type: ignore[call-overload]
+def _check_alive(states: dict[str, ShardState], names: Iterable[str]) -> None:
+    for name in sorted(names):
         state = states.get(name)
-        age = None if state is None else state.seen_seconds_ago
-        if age is None or age > ALIVE_SECONDS:
+        if state is None or not state.running:
             raise FailedPrecondition(
-                f"shard {name} is not running: start it first (it checks in"
-                " with the database as it starts), then run this again"
+                f"shard {name} is not running: start it first, then run this again"
             )
 
 
 async def _wait_applied(conn: AsyncConnection, names: set[str], wait: float) -> None:
     """Until every running shard in ``names`` has taken its new slots.
 
-    A shard that is down takes them when it starts, so it is not waited
-    for.
+    A shard that is not running takes them when it starts, so it is
+    not waited for.
     """
     deadline = time.monotonic() + wait
     while True:
@@ -139,7 +161,7 @@ async def _wait_applied(conn: AsyncConnection, names: set[str], wait: float) -> 
             for name in names
             if (state := states.get(name)) is not None
             and state.applied_epoch < state.epoch
-            and (state.seen_seconds_ago or 0.0) <= ALIVE_SECONDS
+            and state.running
         )
         if not late:
             return

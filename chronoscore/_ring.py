@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from array import array
 from collections.abc import Iterable
 
 from uhashring import HashRing
@@ -31,7 +30,6 @@ __all__ = [
     "SLOTS_HEADER",
     "Ring",
     "slot_of",
-    "slots_digest",
     "check_shard_name",
 ]
 
@@ -50,12 +48,6 @@ _SHARD_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
 def slot_of(user_id: str) -> int:
     """The slot a user id hashes to. O(len(user_id))."""
     return zlib.crc32(user_id.encode()) % SLOT_COUNT
-
-
-def slots_digest(slots: Iterable[int]) -> str:
-    """A short digest of a set of slots; equal sets, equal digests."""
-    data = array("H", sorted(slots)).tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def check_shard_name(name: str) -> str:

@@ -104,7 +104,8 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE ring_slots (
         slot integer PRIMARY KEY,
-        owner text COLLATE "C" NOT NULL
+        owner text COLLATE "C" NOT NULL,
+        moved_at bigint NOT NULL DEFAULT 1
     );
     CREATE TABLE ring_shards (
         name text COLLATE "C" PRIMARY KEY,

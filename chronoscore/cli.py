@@ -654,6 +654,7 @@ def _up(args: argparse.Namespace) -> None:
         cluster = LocalCluster(dsn, args.shards, host=args.host, port=args.port)
         stack.callback(cluster.stop)
         cluster.start()
+        _join(dsn, cluster.names)
         if args.host in ("127.0.0.1", "localhost", "::1"):
             console.print("insecure local mode: plaintext gRPC on loopback only")
         else:
@@ -664,12 +665,25 @@ def _up(args: argparse.Namespace) -> None:
             )
         console.print(
             f"ChronoScore is up: coordinator at {cluster.target},"
-            f" {args.shards} shards. Ctrl-C stops it."
+            f" {len(cluster.names)} shards. Ctrl-C stops it."
         )
         try:
             _supervise(cluster)
         except KeyboardInterrupt:
             console.print("stopping")
+
+
+def _join(dsn: str, names: list[str]) -> None:
+    """Give shards that are not yet members (``up --shards`` raised on an
+    existing data directory) their share of the users."""
+    from ._rebalance import rebalance, status
+
+    placement, _ = _run_admin(status(dsn))
+    for name in names:
+        if name not in placement.members:
+            console.print(f"adding {name}: moving its share of users to it")
+            moved = _run_admin(rebalance(dsn, add=name))
+            console.print(f"moved {moved.slots_moved} of 16384 slots to {name}")
 
 
 def _supervise(cluster: LocalCluster) -> None:
@@ -821,11 +835,18 @@ def _print_json(doc: Any) -> None:
 
 
 def _admin_dsn(args: argparse.Namespace) -> str:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
     if not args.dsn:
         raise InvalidArgument(
             "give the cluster's PostgreSQL with --dsn or $CHRONOSCORE_DSN"
             " (chronoscore up prints it when it starts)"
         )
+    try:
+        conninfo_to_dict(args.dsn)
+    except ProgrammingError as exc:
+        raise InvalidArgument(f"--dsn is not a PostgreSQL DSN: {exc}") from None
     return str(args.dsn)
 
 
@@ -842,21 +863,22 @@ def _run_admin(coroutine: Any) -> Any:
 
 
 def _cluster_status(args: argparse.Namespace) -> None:
-    from ._rebalance import ALIVE_SECONDS, status
+    from ._rebalance import status
 
     placement, states = _run_admin(status(_admin_dsn(args)))
-    names = sorted(set(placement.members) | set(placement.holders) | set(states))
+    # Shards that left and stopped are of no interest any more.
+    running = {name for name, state in states.items() if state.running}
+    names = sorted(set(placement.members) | set(placement.holders) | running)
     rows = []
     for name in names:
         state = states.get(name)
-        age = None if state is None else state.seen_seconds_ago
         rows.append(
             {
                 "name": name,
                 "member": name in placement.members,
                 "slots": len(placement.slots_of(name)),
                 "address": None if state is None else state.address,
-                "running": age is not None and age <= ALIVE_SECONDS,
+                "running": name in running,
                 "epoch": None if state is None else state.epoch,
                 "applied_epoch": None if state is None else state.applied_epoch,
             }

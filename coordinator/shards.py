@@ -194,7 +194,7 @@ class ShardClients:
         return dict(zip(names, results, strict=True))
 
 
-_NOWHERE = _placement.ShardState("", 0, 0, None, None)
+_NOWHERE = _placement.ShardState("", 0, 0, None, False)
 
 
 def _channel(

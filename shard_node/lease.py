@@ -13,6 +13,7 @@ import logging
 
 import psycopg
 
+from chronoscore._placement import LEASE_CLASS
 from chronoscore.errors import FailedPrecondition
 
 __all__ = ["ShardLease"]
@@ -20,8 +21,9 @@ __all__ = ["ShardLease"]
 logger = logging.getLogger("chronoscore.shard")
 
 # The first half of the two-part advisory lock key; the second half is
-# a hash of the shard name.
-_LOCK_CLASS = 0x4353
+# a hash of the shard name. `chronoscore cluster` reads it to tell which
+# shards run.
+_LOCK_CLASS = LEASE_CLASS
 
 
 class ShardLease:

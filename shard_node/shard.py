@@ -35,7 +35,8 @@ from psycopg.errors import DeadlockDetected, SerializationFailure
 from chronoscore import _keys, _placement
 from chronoscore._db import is_unavailable
 from chronoscore._metrics import COMMIT_LAG, COMMIT_SECONDS, COMMIT_UPDATES
-from chronoscore._ring import slot_of, slots_digest
+from chronoscore._placement import holding_digest
+from chronoscore._ring import slot_of
 from chronoscore.errors import (
     ChronoscoreError,
     InvalidArgument,
@@ -161,10 +162,12 @@ class Shard:
         self.max_batch = max_batch
         self.indexes: dict[BoardKey, LeaderboardIndex] = {}
         self.profiles: dict[str, str] = {}
-        # The slots this shard owns at `epoch`, and their digest.
+        # The slots this shard owns at `epoch`, with the version each
+        # last moved at, and their digest.
         self.epoch = 0
         self.slots: list[int] = []
-        self.digest = slots_digest(())
+        self.digest = holding_digest({})
+        self._held: dict[int, int] = {}
         self._owned: frozenset[int] = frozenset()
         self._last_reached_us = 0
         self._last_heartbeat = 0.0
@@ -186,12 +189,13 @@ class Shard:
         if self.first_ring:
             await self.store.bootstrap(self.first_ring)
         await self.store.register(self.name)
-        epoch, slots = await self.store.layout(self.name)
-        snapshot = await self.store.load(slots)
+        epoch, held = await self.store.layout(self.name)
+        snapshot = await self.store.load(sorted(held))
         self.indexes = snapshot.indexes
         self.profiles = snapshot.profiles
         self._last_reached_us = snapshot.last_reached_us
-        self._hold(epoch, slots)
+        self._hold(epoch, held)
+        slots = self.slots
         self._loop_task = asyncio.create_task(self._commit_loop())
         self._expiry_task = asyncio.create_task(self._expire_requests())
         self._sweep_task = asyncio.create_task(self._sweep())
@@ -235,11 +239,12 @@ class Shard:
 
     # Placement
 
-    def _hold(self, epoch: int, slots: list[int]) -> None:
+    def _hold(self, epoch: int, held: dict[int, int]) -> None:
         self.epoch = epoch
-        self.slots = slots
-        self._owned = frozenset(slots)
-        self.digest = slots_digest(slots)
+        self._held = held
+        self.slots = sorted(held)
+        self._owned = frozenset(held)
+        self.digest = holding_digest(held)
 
     def _wrong_shard(self, user_id: str) -> WrongShard | None:
         if slot_of(user_id) in self._owned:
@@ -264,23 +269,24 @@ class Shard:
         Runs in the commit loop. Gained slots are loaded from PostgreSQL
         first; then, without yielding, lost ones are dropped and gained
         ones added, so reads see the old slots or the new, never a mix.
+        A slot held before whose ``moved_at`` changed went elsewhere and
+        came back; it is dropped and loaded again.
         """
-        epoch, slots = await self.store.layout(self.name)
+        epoch, held = await self.store.layout(self.name)
         if epoch == self.epoch:
             return
-        owned = frozenset(slots)
-        gained = sorted(owned - self._owned)
-        lost = self._owned - owned
+        gained = sorted(s for s, at in held.items() if self._held.get(s) != at)
+        lost = frozenset(s for s, at in self._held.items() if held.get(s) != at)
         snapshot = await self.store.load(gained) if gained else None
         if lost:
             self._drop(lost)
         if snapshot is not None:
             self._adopt(snapshot)
-        self._hold(epoch, slots)
+        self._hold(epoch, held)
         logger.info(
             "shard %s now owns %d slots (epoch %d): %d gained, %d lost",
             self.name,
-            len(slots),
+            len(held),
             epoch,
             len(gained),
             len(lost),

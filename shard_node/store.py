@@ -240,8 +240,8 @@ class Store:
             row = await cur.fetchone()
         return 0 if row is None else int(row[0])
 
-    async def layout(self, shard: str) -> tuple[int, list[int]]:
-        """(epoch, owned slots) of ``shard``."""
+    async def layout(self, shard: str) -> tuple[int, dict[int, int]]:
+        """(epoch, {owned slot: moved_at}) of ``shard``."""
         async with self._pool.connection() as conn:
             return await _placement.layout(conn, shard)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from chronoscore import Client, Update
 from chronoscore._cluster import LocalCluster
 from chronoscore._demo import read_batting
 
@@ -133,18 +134,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _up(data_dir: Path, port: int) -> subprocess.Popen[str]:
+def _up(
+    data_dir: Path, port: int, shards: int = 3
+) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chronoscore", "up", "--shards", "3"]
+        [sys.executable, "-m", "chronoscore", "up", "--shards", str(shards)]
         + ["--port", str(port), "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     assert proc.stdout is not None
+    lines = []
     for line in proc.stdout:
+        lines.append(line)
         if "ChronoScore is up" in line:
-            return proc
+            return proc, lines
     raise AssertionError(f"up exited with {proc.wait()} before serving")
 
 
@@ -158,18 +163,22 @@ def _interrupt(proc: subprocess.Popen[str]) -> None:
 def test_up_keeps_scores_in_its_data_dir(tmp_path: Path) -> None:
     port = _free_port()
     target = ["--target", f"127.0.0.1:{port}"]
-    proc = _up(tmp_path / "data", port)
+    proc, _ = _up(tmp_path / "data", port)
     try:
         _json("create", "chess", *target)
-        _json("submit", "chess", "ada", "1200", *target)
-        _json("submit", "chess", "bob", "900", *target)
+        with Client(f"127.0.0.1:{port}") as client:
+            updates = [Update("chess", f"p{i}", 1000 + i) for i in range(200)]
+            assert all(r.ok for r in client.submit_scores(updates))
     finally:
         _interrupt(proc)
 
-    proc = _up(tmp_path / "data", port)
+    # A fourth shard on the same data joins the ring and takes its share.
+    proc, lines = _up(tmp_path / "data", port, shards=4)
     try:
-        rank = _json("rank", "chess", "bob", *target)
-        assert (rank["score"], rank["rank"], rank["total"]) == (900, 2, 2)
+        assert any("adding shard-3" in line for line in lines), lines
+        assert "4 shards" in lines[-1]
+        rank = _json("rank", "chess", "p0", *target)
+        assert (rank["score"], rank["rank"], rank["total"]) == (1000, 200, 200)
     finally:
         _interrupt(proc)
 

@@ -26,11 +26,12 @@ import pytest
 
 from chronoscore import Client, Unavailable, Update
 from chronoscore._cluster import LocalCluster
-from chronoscore._ring import SLOT_COUNT, Ring
+from chronoscore._ring import SLOT_COUNT, Ring, slot_of
 from chronoscore.v1 import shard_pb2 as spb
 from chronoscore.v1 import shard_pb2_grpc as spb_grpc
 
 from .oracle import ranked
+from .support import eventually
 
 BOARD = "rescale"
 USERS = int(os.environ.get("CHRONOSCORE_RESCALE_USERS", "100000"))
@@ -135,6 +136,12 @@ def _slots(dsn: str) -> dict[str, int]:
             "SELECT owner, count(*) FROM ring_slots GROUP BY owner"
         ).fetchall()
     return {owner: int(n) for owner, n in rows}
+
+
+def _owners(dsn: str) -> dict[int, str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT slot, owner FROM ring_slots").fetchall()
+    return {int(slot): str(owner) for slot, owner in rows}
 
 
 def _describe(cluster: LocalCluster, name: str) -> spb.DescribeResponse:
@@ -276,3 +283,91 @@ def test_moves_refuse_what_cannot_work(dsn: str, tmp_path: Path) -> None:
         assert last.returncode == 1 and "last shard" in last.stderr
         status = run("status", "--json")
         assert status.returncode == 0 and '"pending_slots": 0' in status.stdout
+
+
+def test_a_slot_that_leaves_and_returns_is_loaded_again(
+    dsn: str, tmp_path: Path
+) -> None:
+    """A shard paused while its slots go away and come back must not keep
+    serving (or writing over) what it held before."""
+    with LocalCluster(dsn, 3, workdir=tmp_path, log_dir=tmp_path / "logs") as cluster:
+        client = Client(cluster.target, timeout=30)
+        client.create_leaderboard(BOARD)
+        users = [f"v{i}" for i in range(3000)]
+        client.submit_scores([Update(BOARD, u, i, "set") for i, u in enumerate(users)])
+        run = lambda *args: subprocess.run(  # noqa: E731
+            _mover(cluster.dsn, *args), capture_output=True, text=True, timeout=120
+        )
+
+        ring = Ring(cluster.names)
+        paused = cluster.processes["shard-0"]
+        paused.send_signal(signal.SIGSTOP)
+        try:
+            # The first chunk moves; then the mover gives up waiting for
+            # the paused shard to take the change.
+            away = run(
+                "remove-shard", "shard-0", "--slots-per-step", "64", "--wait", "1"
+            )
+            assert away.returncode == 1 and "has not taken" in away.stderr
+            owners = _owners(cluster.dsn)
+            moved = [
+                u
+                for u in users
+                if ring.owner(u) == "shard-0" and owners[slot_of(u)] != "shard-0"
+            ]
+            assert moved
+            results = client.submit_scores(
+                [Update(BOARD, u, 99_999, "set") for u in moved]
+            )
+            assert all(r.ok for r in results)
+            back = run("add-shard", "shard-0", "--wait", "1")
+            assert back.returncode == 1 and "has not taken" in back.stderr
+        finally:
+            paused.send_signal(signal.SIGCONT)
+
+        # Back where they started, with the writes made elsewhere meanwhile.
+        assert eventually(lambda: client.rank(BOARD, moved[0])).entry.score == 99_999
+        assert run("rebalance").returncode == 0
+        page = client.page(BOARD, 0, 1000)
+        assert [(e.user_id, e.score) for e in page.entries] == [
+            (u, s) for u, s, _ in ranked(cluster.dsn, BOARD)[:1000]
+        ]
+        assert {e.user_id for e in page.entries} >= set(moved)
+        client.close()
+
+
+def test_one_mover_at_a_time_and_bad_dsns(dsn: str, tmp_path: Path) -> None:
+    with LocalCluster(dsn, 2, workdir=tmp_path) as cluster:
+        run = lambda *args: subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "chronoscore", "cluster", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        # Another mover holds the rebalance lock.
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", [0x43_68_72_6F_4D_76])
+            busy = run("remove-shard", "shard-1", "--dsn", cluster.dsn)
+        assert busy.returncode == 1 and "another add-shard" in busy.stderr
+        assert set(_slots(cluster.dsn)) == {"shard-0", "shard-1"}
+
+        # A shard killed a moment ago is not running.
+        cluster.add_shard("shard-2")
+        cluster.kill("shard-2")
+        dead = run("add-shard", "shard-2", "--dsn", cluster.dsn)
+        assert dead.returncode == 1 and "shard-2 is not running" in dead.stderr
+
+        bad = run("status", "--dsn", "not a dsn")
+        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+        assert "Traceback" not in bad.stderr
+
+    # Pointed at a database without a cluster, nothing is created in it.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    empty = run("status", "--dsn", dsn)
+    assert empty.returncode == 1 and "no ChronoScore placement" in empty.stderr
+    with psycopg.connect(dsn) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+    assert tables == (0,)
