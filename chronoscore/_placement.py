@@ -54,7 +54,7 @@ from .errors import ChronoscoreError, FailedPrecondition
 
 __all__ = [
     "CHANNEL",
-    "LEASE_CLASS",
+    "lease_key",
     "exclusive_rebalance",
     "Placement",
     "ShardState",
@@ -80,9 +80,14 @@ CHANNEL = "chronoscore_ring"
 _LOCK = 0x43_68_72_6F_52_67
 # Held by a rebalance for as long as it runs, so two never interleave.
 _REBALANCE_LOCK = 0x43_68_72_6F_4D_76
-# The first key of the session lock a running shard holds (the second is
-# hashtext of its name); a shard runs exactly while its lock is held.
-LEASE_CLASS = 0x4353
+
+
+def lease_key(name: str) -> int:
+    """The advisory lock key a running shard holds; a shard runs exactly
+    while its key is locked. 64 bits of a hash of the name, so two names
+    share a key with odds of about one in 2**64."""
+    digest = hashlib.sha256(b"chronoscore shard lease\0" + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def holding_digest(held: Mapping[int, int]) -> str:
@@ -266,17 +271,25 @@ async def layout(conn: AsyncConnection, name: str) -> tuple[int, dict[int, int]]
 
 
 async def shard_states(conn: AsyncConnection) -> dict[str, ShardState]:
+    # pg_locks splits a bigint advisory key into two 32-bit halves.
     cur = await conn.execute(
-        "SELECT s.name, s.epoch, s.applied_epoch, s.address, EXISTS ("
-        "  SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
-        "  AND l.database = (SELECT oid FROM pg_database"
-        "                    WHERE datname = current_database())"
-        "  AND l.classid::bigint = %s AND l.objsubid = 2"
-        "  AND l.objid::bigint = (hashtext(s.name)::bigint & 4294967295))"
-        " FROM ring_shards s",
-        [LEASE_CLASS],
+        "SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        " AND l.database = (SELECT oid FROM pg_database"
+        "                   WHERE datname = current_database())"
     )
-    return {row[0]: ShardState(*row) for row in await cur.fetchall()}
+    held = {_signed64(row[0]) for row in await cur.fetchall()}
+    cur = await conn.execute(
+        "SELECT name, epoch, applied_epoch, address FROM ring_shards"
+    )
+    return {
+        name: ShardState(name, epoch, applied, address, lease_key(name) in held)
+        for name, epoch, applied, address in await cur.fetchall()
+    }
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 async def exclusive_rebalance(conn: AsyncConnection) -> None:
@@ -290,10 +303,25 @@ async def exclusive_rebalance(conn: AsyncConnection) -> None:
         )
 
 
-async def set_members(conn: AsyncConnection, members: Iterable[str]) -> Placement:
+async def _limit_waits(conn: AsyncConnection, seconds: float | None) -> None:
+    """Fail this transaction's lock waits after ``seconds`` (LockNotAvailable).
+
+    A shard stopped in the middle of a commit keeps its row locked; a
+    mover must give up on it rather than hang.
+    """
+    if seconds is not None:
+        await conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)", [f"{int(seconds * 1000)}ms"]
+        )
+
+
+async def set_members(
+    conn: AsyncConnection, members: Iterable[str], *, lock_timeout: float | None = None
+) -> Placement:
     """Make ``members`` the shards the ring is built from; move nothing."""
     ring = Ring(members)
     async with conn.transaction():
+        await _limit_waits(conn, lock_timeout)
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
         await conn.execute(
             "UPDATE ring_state SET members = %s, version = version + 1",
@@ -303,9 +331,16 @@ async def set_members(conn: AsyncConnection, members: Iterable[str]) -> Placemen
         return await load(conn)
 
 
-async def move(conn: AsyncConnection, slots: Sequence[int], to: str) -> Placement:
+async def move(
+    conn: AsyncConnection,
+    slots: Sequence[int],
+    to: str,
+    *,
+    lock_timeout: float | None = None,
+) -> Placement:
     """Give ``slots`` to shard ``to`` in one transaction; see the module."""
     async with conn.transaction():
+        await _limit_waits(conn, lock_timeout)
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
         cur = await conn.execute("SELECT members FROM ring_state")
         row = await cur.fetchone()

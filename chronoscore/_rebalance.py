@@ -109,7 +109,10 @@ async def rebalance(
         if members != set(placement.members):
             if add is not None:
                 _check_alive(await _placement.shard_states(conn), [add])
-            placement = await _placement.set_members(conn, members)
+            async with _give_up_on_locks(wait):
+                placement = await _placement.set_members(
+                    conn, members, lock_timeout=wait
+                )
             logger.info("members are now %s", ", ".join(placement.members))
 
         total = len(placement.pending())
@@ -118,13 +121,26 @@ async def rebalance(
             to = placement.target.owner_of_slot(chunk[0])
             involved = {placement.owners[s] for s in chunk} | {to}
             _check_alive(await _placement.shard_states(conn), [to])
-            placement = await _placement.move(conn, chunk, to)
+            async with _give_up_on_locks(wait):
+                placement = await _placement.move(conn, chunk, to, lock_timeout=wait)
             steps += 1
             logger.info("moved %d slots to %s", len(chunk), to)
             await _wait_applied(conn, involved, wait)
             if progress is not None:
                 progress(total - len(placement.pending()), total)
         return Moved(placement, total, steps)
+
+
+@asynccontextmanager
+async def _give_up_on_locks(wait: float) -> AsyncIterator[None]:
+    try:
+        yield
+    except psycopg.errors.LockNotAvailable:
+        raise Unavailable(
+            f"a shard has held its placement row for over {wait:.0f}s (stopped"
+            " in the middle of a commit?); nothing moved in this step, so run"
+            " the command again once every shard is healthy"
+        ) from None
 
 
 def _next_chunk(placement: Placement, size: int) -> list[int]:

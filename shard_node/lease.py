@@ -2,8 +2,10 @@
 
 Two processes serving the same shard would each keep their own index
 and overwrite each other's rows, losing acknowledged writes. A shard
-therefore holds a PostgreSQL session advisory lock named after it for
-as long as it runs; a second process with the same name fails to start.
+therefore holds a PostgreSQL session advisory lock keyed by its name
+(``chronoscore._placement.lease_key``) for as long as it runs; a second
+process with the same name fails to start. ``chronoscore cluster``
+reads the same lock to tell which shards run.
 """
 
 from __future__ import annotations
@@ -13,17 +15,12 @@ import logging
 
 import psycopg
 
-from chronoscore._placement import LEASE_CLASS
+from chronoscore._placement import lease_key
 from chronoscore.errors import FailedPrecondition
 
 __all__ = ["ShardLease"]
 
 logger = logging.getLogger("chronoscore.shard")
-
-# The first half of the two-part advisory lock key; the second half is
-# a hash of the shard name. `chronoscore cluster` reads it to tell which
-# shards run.
-_LOCK_CLASS = LEASE_CLASS
 
 
 class ShardLease:
@@ -39,7 +36,7 @@ class ShardLease:
             self.dsn, autocommit=True, connect_timeout=5
         )
         cur = await conn.execute(
-            "SELECT pg_try_advisory_lock(%s, hashtext(%s))", [_LOCK_CLASS, self.name]
+            "SELECT pg_try_advisory_lock(%s)", [lease_key(self.name)]
         )
         row = await cur.fetchone()
         if not (row and row[0]):

@@ -351,11 +351,24 @@ def test_one_mover_at_a_time_and_bad_dsns(dsn: str, tmp_path: Path) -> None:
         assert busy.returncode == 1 and "another add-shard" in busy.stderr
         assert set(_slots(cluster.dsn)) == {"shard-0", "shard-1"}
 
-        # A shard killed a moment ago is not running.
-        cluster.add_shard("shard-2")
-        cluster.kill("shard-2")
-        dead = run("add-shard", "shard-2", "--dsn", cluster.dsn)
-        assert dead.returncode == 1 and "shard-2 is not running" in dead.stderr
+        # A shard killed a moment ago is not running, even while another
+        # whose name has the same 32-bit hashtext runs.
+        cluster.add_shard("shard-295117")
+        cluster.kill("shard-295117")
+        cluster.add_shard("shard-3311")
+        dead = run("add-shard", "shard-295117", "--dsn", cluster.dsn)
+        assert dead.returncode == 1
+        assert "shard-295117 is not running" in dead.stderr
+        assert set(_slots(cluster.dsn)) == {"shard-0", "shard-1"}
+
+        # A shard stopped in the middle of a commit holds its row; the
+        # mover gives up after --wait instead of hanging, and moves nothing.
+        with psycopg.connect(cluster.dsn) as conn:
+            conn.execute("SELECT 1 FROM ring_shards WHERE name = 'shard-1' FOR SHARE")
+            stuck = run("remove-shard", "shard-1", "--wait", "1", "--dsn", cluster.dsn)
+        assert stuck.returncode == 1 and "UNAVAILABLE" in stuck.stderr
+        assert "held its placement row" in stuck.stderr
+        assert set(_slots(cluster.dsn)) == {"shard-0", "shard-1"}
 
         bad = run("status", "--dsn", "not a dsn")
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
