@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from chronoscore._bench import Settings, Workload, compare, targets
+from chronoscore._bench import Settings, Workload, compare, scaling, targets
 
 
 def _redis_up(url: str) -> bool:
@@ -50,7 +50,19 @@ def test_compare_writes_every_figure(pg_server: str, tmp_path: Path) -> None:
         "postgresql",
         "empty-rpc",
     ]
-    doc = json.loads((tmp_path / "compare-400.json").read_text())
+    doc = json.loads((tmp_path / "compare-400-2shards.json").read_text())
     assert [r["system"] for r in doc["reports"]] == names
-    assert (tmp_path / "compare-400.png").stat().st_size > 1000
+    assert (tmp_path / "compare-400-2shards.png").stat().st_size > 1000
     assert len(targets(reports)) == 8
+    ours = reports[0]
+    assert len(ours.memory_bytes_per_user) == 2
+    assert all(40 < b < 2000 for b in ours.memory_bytes_per_user.values())
+    assert ours.restart_seconds and ours.restart_seconds > 0
+    assert "one shard of 400 entries" in " ".join(ours.notes)
+
+    # The same run on 8 shards, ChronoScore alone, gives the shard scaling.
+    settings.shards, settings.systems = 8, ("chronoscore",)
+    only = compare(settings, Console(quiet=True))
+    assert [r.system for r in only] == ["chronoscore", "empty-rpc"]
+    (found,) = scaling(tmp_path)
+    assert found[0].startswith("top-10 cost grows <= 1.5x from 2 to 8 shards")

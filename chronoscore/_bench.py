@@ -30,16 +30,20 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-__all__ = ["Workload", "compare"]
+if TYPE_CHECKING:
+    from ._cluster import LocalCluster
+
+__all__ = ["Workload", "compare", "render", "targets", "scaling", "soak"]
 
 BOARD = "bench"
 BATCH = 1000
+SYSTEMS = ("chronoscore", "redis", "postgresql")
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class Report:
     ingest_single_per_s: float = 0.0
     timings: dict[str, Timing] = field(default_factory=dict)
     memory_bytes_per_user: dict[str, float] = field(default_factory=dict)
+    rss_bytes_per_user: dict[str, float] = field(default_factory=dict)
     restart_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -313,6 +318,17 @@ class Settings:
     dsn: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/15"
     out: Path = Path("benchmarks/results")
+    # Which of chronoscore, redis and postgresql to run; the empty-RPC
+    # floor always runs.
+    systems: tuple[str, ...] = SYSTEMS
+    # Entries in the shard whose restart is timed (default: --users).
+    restart_users: int | None = None
+
+    @property
+    def stem(self) -> str:
+        """Results file name: compare-<users>[-<shards>shards]."""
+        suffix = "" if self.shards == 4 else f"-{self.shards}shards"
+        return f"compare-{self.users}{suffix}"
 
 
 def compare(settings: Settings, console: Console) -> list[Report]:
@@ -322,17 +338,32 @@ def compare(settings: Settings, console: Console) -> list[Report]:
     active = workload.active(max(settings.calls, settings.single_updates))
     reports = []
     with ExitStack() as stack, Progress(console=console, transient=True) as progress:
-        task = progress.add_task("comparing", total=4)
+        steps = {"chronoscore": 2, "redis": 2, "postgresql": 1}
+        total = 1 + sum(steps[name] for name in settings.systems)
+        task = progress.add_task("comparing", total=total)
         dsn = settings.dsn or stack.enter_context(_embedded())
 
-        reports.append(_run_chronoscore(settings, dsn, pairs, active, stack))
-        progress.advance(task)
-        for pipelined in (True, False):
-            reports.append(_run_redis(settings, pairs, active, pipelined))
+        if "chronoscore" in settings.systems:
+            with ExitStack() as running:
+                ours = _run_chronoscore(settings, dsn, pairs, active, running)
             progress.advance(task)
-        reports.append(_run_postgres(settings, dsn, pairs, active))
-        progress.advance(task)
+            ours.restart_seconds, restarted = _restart(
+                settings, dsn, settings.restart_users or settings.users
+            )
+            ours.notes.append(
+                f"restart: kill -9 to serving again, one shard of {restarted:,} entries"
+            )
+            reports.append(ours)
+            progress.advance(task)
+        if "redis" in settings.systems:
+            for pipelined in (True, False):
+                reports.append(_run_redis(settings, pairs, active, pipelined))
+                progress.advance(task)
+        if "postgresql" in settings.systems:
+            reports.append(_run_postgres(settings, dsn, pairs, active))
+            progress.advance(task)
         reports.append(_empty_rpc_floor(settings, dsn))
+        progress.advance(task)
 
     _write(settings, reports)
     return reports
@@ -408,18 +439,83 @@ def _run_chronoscore(
         grown = (
             psutil.Process(cluster.processes[name].pid).memory_info().rss - rss[name]
         )
-        report.memory_bytes_per_user[name] = grown / max(1, owned[name])
-    report.notes.append("memory: growth of each shard process's RSS per user it owns")
-
-    victim = cluster.names[0]
-    cluster.kill(victim)
-    started = time.perf_counter()
-    cluster.start_shard(victim)
-    report.restart_seconds = time.perf_counter() - started
+        report.rss_bytes_per_user[name] = grown / max(1, owned[name])
+        described = _describe(cluster, name, measure_memory=True)
+        report.memory_bytes_per_user[name] = described.index_bytes / max(
+            1, described.entries
+        )
     report.notes.append(
-        f"restart: kill -9 to serving again for {victim}, {owned[victim]:,} users"
+        "memory: each shard's index (sorted keys, user map, user ids) by"
+        " sys.getsizeof per entry; RSS: growth of its process per user it owns"
     )
     return report
+
+
+def _describe(cluster: LocalCluster, name: str, *, measure_memory: bool) -> Any:
+    import grpc
+
+    from ._ring import SHARD_HEADER
+    from .v1 import shard_pb2, shard_pb2_grpc
+
+    address = f"127.0.0.1:{cluster.shard_ports[name]}"
+    with grpc.insecure_channel(address) as channel:
+        stub = shard_pb2_grpc.ShardServiceStub(channel)
+        return stub.Describe(
+            shard_pb2.DescribeRequest(measure_memory=measure_memory),
+            metadata=((SHARD_HEADER, name),),
+            timeout=120,
+        )
+
+
+def _restart(s: Settings, dsn: str, entries: int) -> tuple[float, int]:
+    """Seconds from kill -9 to serving again for a one-shard cluster that
+    holds ``entries`` entries, copied into PostgreSQL as the shard would
+    have written them."""
+    import psycopg
+
+    from ._cluster import LocalCluster
+    from .client import Client
+
+    database = _fresh_database(dsn, "chronoscore_restart")
+    with LocalCluster(database, 1, log_level="WARNING") as cluster:
+        with Client(cluster.target) as client:
+            client.create_leaderboard(BOARD)
+            client.submit_score(BOARD, "first", 1)
+        shard = cluster.names[0]
+        with psycopg.connect(database) as conn:
+            _copy_entries(conn, entries)
+        cluster.kill(shard)
+        started = time.perf_counter()
+        cluster.start_shard(shard)
+        seconds = time.perf_counter() - started
+        described = _describe(cluster, shard, measure_memory=False)
+    return seconds, int(described.entries)
+
+
+def _copy_entries(conn: Any, entries: int) -> None:
+    """``entries`` rows of the first leaderboard, as shards write them."""
+    from ._ring import slot_of
+
+    row = conn.execute(
+        "SELECT board_id, period_start_us FROM user_score LIMIT 1"
+    ).fetchone()
+    board_id, period = row
+    rng = random.Random(11)
+    started_us = 1_700_000_000_000_000
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY user_score (board_id, period_start_us, user_id, slot, score,"
+            " reached_us) FROM STDIN"
+        ) as copy,
+    ):
+        for i in range(entries - 1):
+            user = f"r{i:09d}"
+            score = int(rng.lognormvariate(6, 1.2)) // 10 * 10
+            copy.write_row(
+                (board_id, period, user, slot_of(user), score, started_us + i)
+            )
+    conn.commit()
 
 
 def _run_redis(
@@ -536,7 +632,7 @@ def _write(s: Settings, reports: list[Report]) -> None:
             for r in reports
         ],
     }
-    (s.out / f"compare-{s.users}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (s.out / f"{s.stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     _chart(s, reports)
 
 
@@ -564,10 +660,10 @@ def _chart(s: Settings, reports: list[Report]) -> None:
     ax.set_xticklabels(metrics)
     ax.set_yscale("log")
     ax.set_ylabel("calls per second (log)")
-    ax.set_title(f"Reads at {s.users:,} users, one client")
+    ax.set_title(f"Reads at {s.users:,} users, {s.shards} shards, one client")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(systems))
     fig.tight_layout()
-    fig.savefig(s.out / f"compare-{s.users}.png", dpi=120)
+    fig.savefig(s.out / f"{s.stem}.png", dpi=120)
     plt.close(fig)
 
 
@@ -602,6 +698,11 @@ def render(reports: list[Report], console: Console) -> None:
         ),
         ",.0f",
     )
+    row(
+        "RSS growth B/user (max)",
+        lambda r: max(r.rss_bytes_per_user.values()) if r.rss_bytes_per_user else None,
+        ",.0f",
+    )
     row("restart s", lambda r: r.restart_seconds, ".2f")
     console.print(table)
     for r in reports:
@@ -618,7 +719,11 @@ def _figure(metric: str, attr: str) -> Callable[[Report], float | None]:
 
 
 def targets(reports: list[Report]) -> list[tuple[str, str, bool]]:
-    """The performance targets: (target, measured, met)."""
+    """The performance targets: (target, measured, met).
+
+    Needs every system's report; see :func:`scaling` for the targets
+    that compare runs.
+    """
     by = {r.system: r for r in reports}
     ours, floor = by["chronoscore"], by["empty-rpc"].timings["empty"]
     redis, pg = by["redis-pipelined"], by["postgresql"]
@@ -665,6 +770,46 @@ def targets(reports: list[Report]) -> list[tuple[str, str, bool]]:
             (ours.restart_seconds or 0) <= 5,
         ),
     ]
+
+
+def scaling(out: Path) -> list[tuple[str, str, bool]]:
+    """The targets that compare runs, from the results files in ``out``:
+    rank cost from the fewest to the most users (at 4 shards), and top-10
+    cost from 2 to 8 shards (at the most users run with both)."""
+    runs = []
+    for path in sorted(out.glob("compare-*.json")):
+        doc = json.loads(path.read_text())
+        ours = next((r for r in doc["reports"] if r["system"] == "chronoscore"), None)
+        if ours is not None:
+            runs.append((doc["users"], doc["shards"], ours["timings"]))
+    found = []
+    four = sorted((u, t) for u, shards, t in runs if shards == 4)
+    if len(four) > 1:
+        (small, first), (large, last) = four[0], four[-1]
+        growth = last["rank"]["p50_ms"] / first["rank"]["p50_ms"]
+        found.append(
+            (
+                f"rank cost grows <= 2x from {small:,} to {large:,} users",
+                f"{growth:.2f}x",
+                growth <= 2,
+            )
+        )
+    by_users: dict[int, dict[int, Any]] = {}
+    for users, shards, timing in runs:
+        by_users.setdefault(users, {})[shards] = timing
+    both = [u for u, t in by_users.items() if 2 in t and 8 in t]
+    if both:
+        users = max(both)
+        two, eight = by_users[users][2], by_users[users][8]
+        growth = eight["top10"]["p50_ms"] / two["top10"]["p50_ms"]
+        found.append(
+            (
+                f"top-10 cost grows <= 1.5x from 2 to 8 shards ({users:,} users)",
+                f"{growth:.2f}x",
+                growth <= 1.5,
+            )
+        )
+    return found
 
 
 @dataclass

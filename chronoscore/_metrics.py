@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
@@ -20,6 +20,7 @@ __all__ = [
     "RING_VERSION",
     "SHARD_EPOCH",
     "SHARD_SLOTS",
+    "TOP_READS",
     "watch_index_sizes",
     "serve_metrics",
 ]
@@ -54,6 +55,11 @@ SHARD_EPOCH = Gauge(
 SHARD_SLOTS = Gauge(
     "chronoscore_shard_slots",
     "Slots this shard owns",
+)
+TOP_READS = Counter(
+    "chronoscore_top_reads",
+    "GetTop reads, by whether pushed top lists answered or every shard was asked",
+    ["source"],
 )
 
 

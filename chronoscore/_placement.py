@@ -64,6 +64,7 @@ __all__ = [
     "version",
     "register",
     "heartbeat",
+    "addresses",
     "layout",
     "shard_states",
     "set_members",
@@ -245,6 +246,15 @@ async def register(conn: AsyncConnection, name: str, address: str | None) -> Non
         " seen_at = now()",
         [name, address],
     )
+    if address is not None:
+        # Coordinators connect to the new address at once.
+        await conn.execute(f"NOTIFY {CHANNEL}")
+
+
+async def addresses(conn: AsyncConnection) -> dict[str, str | None]:
+    """Where each shard last said it listens."""
+    cur = await conn.execute("SELECT name, address FROM ring_shards")
+    return {name: address for name, address in await cur.fetchall()}
 
 
 async def heartbeat(conn: AsyncConnection, name: str, applied_epoch: int) -> None:
@@ -311,7 +321,9 @@ async def _limit_waits(conn: AsyncConnection, seconds: float | None) -> None:
     """
     if seconds is not None:
         await conn.execute(
-            "SELECT set_config('lock_timeout', %s, true)", [f"{int(seconds * 1000)}ms"]
+            # 0 would mean no limit at all.
+            "SELECT set_config('lock_timeout', %s, true)",
+            [f"{max(1, round(seconds * 1000))}ms"],
         )
 
 

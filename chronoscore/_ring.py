@@ -28,6 +28,7 @@ __all__ = [
     "SLOT_COUNT",
     "SHARD_HEADER",
     "SLOTS_HEADER",
+    "GENERATION_TRAILER",
     "Ring",
     "slot_of",
     "check_shard_name",
@@ -39,6 +40,9 @@ SHARD_HEADER = "x-chronoscore-shard"
 # ... and, on reads, the digest of the slots it believes that shard owns;
 # a shard that owns others refuses the read (see chronoscore._placement).
 SLOTS_HEADER = "x-chronoscore-slots"
+# Trailing metadata of a shard's write replies: the shard's write
+# generation once the write is visible (see ShardService.FollowTop).
+GENERATION_TRAILER = "x-chronoscore-generation"
 
 SLOT_COUNT = 16384
 

@@ -112,7 +112,10 @@ _MIGRATIONS: tuple[str, ...] = (
         epoch bigint NOT NULL DEFAULT 1,
         applied_epoch bigint NOT NULL DEFAULT 0,
         address text,
-        seen_at timestamptz
+        seen_at timestamptz,
+        -- Bumped by every process that starts as this shard; commits
+        -- check it, so one that lost its lock cannot write on.
+        incarnation bigint NOT NULL DEFAULT 0
     );
     """,
 )

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,10 +126,7 @@ class Tokens:
         text = _read(path, "tokens file") or b""
         try:
             doc = json.loads(text)
-            scopes = {
-                entry["sha256"].lower(): frozenset(entry["scopes"])
-                for entry in doc["tokens"]
-            }
+            scopes = dict(_token_entry(entry) for entry in doc["tokens"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FailedPrecondition(
                 f"tokens file {path} must be"
@@ -142,6 +140,24 @@ class Tokens:
             if hmac.compare_digest(known, digest):
                 return scopes
         return None
+
+
+def _token_entry(entry: dict[str, Any]) -> tuple[str, frozenset[str]]:
+    """(digest, scopes) of one tokens-file entry; ValueError if it could
+    never match a token or grant a scope."""
+    digest = entry["sha256"]
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        raise ValueError(
+            f"sha256 {digest!r} is not a SHA-256 hex digest of a token"
+            " (printf %s TOKEN | sha256sum)"
+        )
+    scopes = entry["scopes"]
+    if not isinstance(scopes, list) or not scopes:
+        raise ValueError(f"scopes {scopes!r} must be a non-empty list")
+    unknown = [s for s in scopes if s not in (READ, WRITE)]
+    if unknown:
+        raise ValueError(f"scopes {unknown!r} are not {READ!r} or {WRITE!r}")
+    return digest.lower(), frozenset(scopes)
 
 
 class TokenCheck(aio.ServerInterceptor):  # type: ignore[misc]

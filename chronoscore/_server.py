@@ -63,6 +63,9 @@ def remaining(default: float) -> float:
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", 64 << 20),
+    # Coordinators ping the shards' long-lived FollowTop streams every
+    # 10 s to notice a shard whose host vanished; let them.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
 ]
 
 logger = logging.getLogger("chronoscore.server")
@@ -190,13 +193,16 @@ async def serve_until_stopped(
     port: int,
     port_file: Path | None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_drain: Callable[[], None] | None = None,
     fatal: asyncio.Future[None] | None = None,
     grace: float = 10.0,
 ) -> None:
     """Start ``server``, announce its port, and run until SIGINT/SIGTERM.
 
-    On a signal the server stops taking calls, lets calls in flight
-    finish for up to ``grace`` seconds, then runs ``on_stop``. If
+    On a signal the server stops taking calls, runs ``on_drain`` (which
+    ends streams that would otherwise last until the grace ran out),
+    lets calls in flight finish for up to ``grace`` seconds, then runs
+    ``on_stop``. If
     ``fatal`` completes first, the server stops the same way and the
     process exits with status 1.
     """
@@ -224,6 +230,8 @@ async def serve_until_stopped(
     logger.info("%s draining", name)
     if health_checker is not None:
         await health_checker.enter_graceful_shutdown()
+    if on_drain is not None:
+        on_drain()
     await server.stop(grace)
     if fatal is not None and fatal.done():
         logger.error("%s stopped after a fatal error: %r", name, fatal.exception())
@@ -265,15 +273,10 @@ class ShardCheck(aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, name: str) -> None:
         self.name = name
-
-        async def refuse(request: object, context: aio.ServicerContext) -> None:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"this is shard {name}; the caller's address for another shard"
-                " points here",
-            )
-
-        self._wrong_shard = grpc.unary_unary_rpc_method_handler(refuse)
+        self._wrong_shard = refusal(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"this is shard {name}; the caller's address for another shard points here",
+        )
 
     async def intercept_service(
         self,
@@ -285,7 +288,8 @@ class ShardCheck(aio.ServerInterceptor):  # type: ignore[misc]
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
         if metadata.get(SHARD_HEADER) != self.name:
-            return self._wrong_shard
+            streams = details.method == _SHARD_SERVICE + "FollowTop"
+            return self._wrong_shard[1 if streams else 0]
         return await continuation(details)
 
 

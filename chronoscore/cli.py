@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._bench import SYSTEMS
 from ._cluster import LocalCluster
 from ._validate import MAX_BATCH
 from .client import (
@@ -38,7 +39,12 @@ from .client import (
     Page,
     Update,
 )
-from .errors import ChronoscoreError, InvalidArgument, Unavailable
+from .errors import (
+    ChronoscoreError,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
 
 __all__ = ["main"]
 
@@ -210,6 +216,17 @@ def _parser() -> argparse.ArgumentParser:
     _dsn_argument(compare)
     compare.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     compare.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    compare.add_argument(
+        "--systems",
+        type=_systems,
+        default=",".join(SYSTEMS),
+        help="comma-separated, of chronoscore, redis, postgresql (default: all)",
+    )
+    compare.add_argument(
+        "--restart-users",
+        type=_positive,
+        help="entries in the shard whose restart is timed (default: --users)",
+    )
     compare.add_argument("--json", action="store_true", help="print JSON")
     compare.set_defaults(run=_bench_compare)
 
@@ -701,8 +718,18 @@ def _supervise(cluster: LocalCluster) -> None:
         cluster.restart(name)
 
 
+def _systems(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"systems are some of {', '.join(SYSTEMS)}, not {text!r}"
+        )
+    return names
+
+
 def _bench_compare(args: argparse.Namespace) -> None:
-    from ._bench import Settings, compare, render, targets
+    from ._bench import Settings, compare, render, scaling, targets
 
     settings = Settings(
         users=args.users,
@@ -712,13 +739,17 @@ def _bench_compare(args: argparse.Namespace) -> None:
         dsn=args.dsn,
         redis_url=args.redis_url,
         out=args.out,
+        systems=args.systems,
+        restart_users=args.restart_users,
     )
     reports = compare(settings, console)
-    met = targets(reports)
+    complete = set(settings.systems) == set(SYSTEMS)
+    met = (targets(reports) if complete else []) + scaling(args.out)
     if args.json:
         _print_json({"targets": [list(t) for t in met]})
         return
-    render(reports, console)
+    if "chronoscore" in settings.systems:
+        render(reports, console)
     table = Table(title="targets", title_justify="left")
     for column in ("target", "measured", "met"):
         table.add_column(column)
@@ -860,6 +891,10 @@ def _run_admin(coroutine: Any) -> Any:
         return asyncio.run(coroutine)
     except psycopg.OperationalError as exc:
         raise Unavailable(f"cannot reach PostgreSQL: {exc}") from None
+    except psycopg.Error as exc:
+        # A read-only standby, or a role that may not change the
+        # placement: nothing was changed.
+        raise FailedPrecondition(f"PostgreSQL refused: {exc}") from None
 
 
 def _cluster_status(args: argparse.Namespace) -> None:

@@ -406,7 +406,12 @@ class Client:
                 # A field the proto cannot hold, such as a limit past 2**31.
                 raise InvalidArgument(str(exc)) from None
             except grpc.RpcError as exc:
-                error = from_status(exc.code(), exc.details() or "")
+                code = exc.code()
+                if code == grpc.StatusCode.CANCELLED:
+                    # This client never cancels a unary call, so the
+                    # server did: it is shutting down.
+                    code = grpc.StatusCode.UNAVAILABLE
+                error = from_status(code, exc.details() or "")
             if not (retry and isinstance(error, Unavailable)):
                 raise error
             if time.monotonic() + pause >= deadline:

@@ -11,8 +11,10 @@ offset + limit entries from every shard.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -26,16 +28,17 @@ from .shards import ShardClients
 
 __all__ = ["Reader", "Ranked", "Moved", "merge", "to_entries"]
 
-# Pivots each shard offers per round of the page search. More pivots
-# mean fewer rounds and larger messages; 64 finds a position among a
-# million entries per shard in about three rounds.
-_PIVOTS = 64
+# Entries each shard offers in the first round of a page search, and
+# beyond the page's own length in later rounds (see Reader.page).
+_FIRST_COUNT = 256
+_MORE_COUNT = 128
 
-# Below this offset a page is cheaper to cut from merged top lists.
-_SHALLOW = 1000
+# Pages that end within this many entries are cut from merged top lists.
+_SHALLOW = 256
 
-# The search ends in a few rounds unless writes keep moving the entries.
-_MAX_ROUNDS = 32
+# The search ends in three rounds or so unless writes keep moving the
+# entries; then it gives up with Moved.
+_MAX_ROUNDS = 12
 
 
 class Moved(Unavailable):
@@ -100,13 +103,33 @@ class Reader:
         return await self._slice(self._from_start(), 0, limit)
 
     async def rank(self, user_id: str) -> tuple[Ranked, int, int]:
-        """(entry with position, shared rank, total). Two rounds of calls."""
-        entry = await self.lookup(user_id)
-        counts, total = await self.count([_position(entry)])
-        ahead, better = counts[0]
+        """(entry with position, shared rank, total).
+
+        Two rounds: the owner finds the entry and counts its own side;
+        then every other shard counts the entries ahead of it.
+        """
+        entry, total = await self._lookup(user_id)
+        ahead, better = entry.position, entry.better
+        others = [
+            n for n in self.placement.holders if n != self.placement.owner(user_id)
+        ]
+        if others:
+            request = _shard_pb.CountRequest(
+                board=self.period, positions=[_position(entry)]
+            )
+            replies = await self._each("Count", dict.fromkeys(others, request))
+            for reply in replies.values():
+                ahead += reply.counts[0].ahead
+                better += reply.counts[0].better
+                total += reply.total
         return Ranked(entry, ahead), better + 1, total
 
     async def lookup(self, user_id: str) -> _shard_pb.ShardEntry:
+        entry, _ = await self._lookup(user_id)
+        return entry
+
+    async def _lookup(self, user_id: str) -> tuple[_shard_pb.ShardEntry, int]:
+        """The user's entry from its owner, and the owner's total."""
         owner = self.placement.owner(user_id)
         reply = await self.shards.call(
             owner,
@@ -119,7 +142,7 @@ class Reader:
                 f"user {user_id!r} has no entry on {self.board.name!r} in this period"
             )
         entry: _shard_pb.ShardEntry = reply.entries[0]
-        return entry
+        return entry, int(reply.total)
 
     async def count(
         self, positions: list[_shard_pb.Position]
@@ -153,30 +176,64 @@ class Reader:
     async def page(self, offset: int, limit: int) -> tuple[list[Ranked], int]:
         """Entries at global positions [offset, offset + limit), and the total.
 
-        Shallow pages are cut from merged top lists. Deeper ones first
-        find, for every shard, how many of its entries rank ahead of the
-        entry at ``offset``, then read ``limit`` entries from there on
-        each shard.
+        Shallow pages are cut from merged top lists. Deeper ones narrow,
+        round by round, a range between two places in the ranking that
+        must hold the page, until every shard can send all its entries
+        in the range; one round costs one call per shard.
 
-        The search keeps, per shard, a range [lo, hi) of local positions
-        that must hold that count. Each round, every shard offers up to
-        64 pivot entries spread over its range, and every shard counts
-        the entries ahead of each pivot, which gives each pivot's exact
-        global position. A pivot at or before ``offset`` raises every
-        shard's lo to its count there; one after lowers hi. A pivot at
-        exactly ``offset`` ends the search. The ranges shrink about 64
-        times a round, so with s shards and n entries each a page costs
-        O(log n / log 64) rounds of two calls per shard, each call
-        O(64 s log n) on the shard, whatever the offset.
+        Each round, every shard reports where the range starts and ends
+        in its own index, and sends up to ``count`` entries spread over
+        it. An entry sent by one shard has an exact position there and,
+        on every other shard, lies between two of that shard's entries,
+        whose positions bound its count there. Summed, that bounds the
+        entry's global position. The next range runs from the last entry
+        surely at or before ``offset`` to the first surely at or after the
+        page's end. With s shards of n entries, the first round leaves a
+        range of about 2 s n / 256 entries, the next of 2 s / 128 of that
+        plus the page, so a million entries take three rounds, each
+        O(count log n) on a shard, whatever the offset.
         """
         if offset + limit <= _SHALLOW:
             ranked, total = await self._slice(self._from_start(), 0, offset + limit)
             return ranked[offset:], total
 
-        starts, total = await self._boundary(offset)
-        if starts is None:
-            return [], total
-        return await self._slice(starts, offset, limit)
+        ascending = self.board.ascending
+        lo: _shard_pb.Position | None = None
+        hi: _shard_pb.Position | None = None
+        count = _FIRST_COUNT
+        for _ in range(_MAX_ROUNDS):
+            replies = list((await self._between(lo, hi, count)).values())
+            total = sum(r.total for r in replies)
+            if offset >= total:
+                return [], total
+            start = sum(r.start for r in replies)
+            want = min(offset + limit, total)
+            if start > offset or sum(r.end for r in replies) < want:
+                # Writes moved entries past the range since the last
+                # round: search again from the whole ranking.
+                lo = hi = None
+                count = _FIRST_COUNT
+                continue
+            if all(len(r.entries) == r.end - r.start for r in replies):
+                merged = merge([list(r.entries) for r in replies], ascending)
+                page = merged[offset - start : offset - start + limit]
+                return [Ranked(e, offset + i) for i, e in enumerate(page)], total
+            lo, hi = _narrow(replies, offset, want, ascending, lo, hi)
+            count = limit + _MORE_COUNT
+        raise Moved("writes kept moving entries while the page was found; try again")
+
+    async def _between(
+        self,
+        lo: _shard_pb.Position | None,
+        hi: _shard_pb.Position | None,
+        count: int,
+    ) -> dict[str, _shard_pb.BetweenReply]:
+        request = _shard_pb.BetweenRequest(board=self.period, count=count)
+        if lo is not None:
+            request.lo.CopyFrom(lo)
+        if hi is not None:
+            request.hi.CopyFrom(hi)
+        return await self._each("Between", request)
 
     async def around(
         self, user_id: str, above: int, below: int
@@ -289,64 +346,71 @@ class Reader:
         total = sum(r.total for r in replies.values())
         return {name: list(r.entries) for name, r in replies.items()}, total
 
-    async def _boundary(self, offset: int) -> tuple[dict[str, int] | None, int]:
-        """Each shard's count of entries ahead of global position ``offset``.
 
-        None if ``offset`` is at or past the end.
-        """
-        names = list(self.placement.holders)
-        lo = dict.fromkeys(names, 0)
-        hi: dict[str, int] = {}
-        total = -1
-        for _ in range(_MAX_ROUNDS):
-            pivots = await self._pivots(lo, hi)
-            if total < 0:
-                total = sum(hi.values())
-                if offset >= total:
-                    return None, total
-            if not pivots:
-                # Every range is empty, so the counts are pinned.
-                return lo, total
-            counts = await self._counts([_position(p) for _, p in pivots])
-            for i, (owner, pivot) in enumerate(pivots):
-                here = {name: counts[name].counts[i].ahead for name in names}
-                place = sum(here.values())
-                if place == offset:
-                    return here, total
-                if place < offset:
-                    # The pivot itself is ahead of the boundary too.
-                    here[owner] = pivot.position + 1
-                    for name in names:
-                        lo[name] = max(lo[name], here[name])
-                else:
-                    for name in names:
-                        hi[name] = min(hi[name], here[name])
-        # Writes kept moving the boundary; the last bounds are close.
-        return lo, total
+def _narrow(
+    replies: list[_shard_pb.BetweenReply],
+    offset: int,
+    want: int,
+    ascending: bool,
+    lo: _shard_pb.Position | None,
+    hi: _shard_pb.Position | None,
+) -> tuple[_shard_pb.Position | None, _shard_pb.Position | None]:
+    """A narrower range that still holds global positions [offset, want).
 
-    async def _pivots(
-        self, lo: dict[str, int], hi: dict[str, int]
-    ) -> list[tuple[str, _shard_pb.ShardEntry]]:
-        """Entries spread over each shard's [lo, hi); fills unknown hi."""
-        replies = await self._each(
-            "Sample",
-            {
-                name: _shard_pb.SampleRequest(
-                    board=self.period,
-                    lo=lo[name],
-                    hi=hi.get(name, -1),
-                    count=_PIVOTS,
-                )
-                for name in lo
-            },
-        )
-        pivots: list[tuple[str, _shard_pb.ShardEntry]] = []
-        for name, reply in replies.items():
-            hi.setdefault(name, reply.total)
-            pivots.extend(
-                (name, e) for e in reply.entries if lo[name] <= e.position < hi[name]
-            )
-        return pivots
+    See :meth:`Reader.page`. Bounds grow with an entry's place, so each
+    shard's entries are binary-searched: O(s² log count) for s shards.
+    """
+    keys = [
+        [sort_key(e.score, e.reached_us, e.user_id, ascending) for e in r.entries]
+        for r in replies
+    ]
+
+    def bounds(j: int, k: int) -> tuple[int, int]:
+        """Least and most entries ahead of shard j's k-th entry."""
+        key = keys[j][k]
+        least = most = replies[j].entries[k].position
+        for i, reply in enumerate(replies):
+            if i == j:
+                continue
+            # Shard i's sent entries before `below` are ahead of the key.
+            below = bisect_left(keys[i], key)
+            sent = reply.entries
+            least += sent[below - 1].position + 1 if below else reply.start
+            most += sent[below].position if below < len(sent) else reply.end
+        return least, most
+
+    # The last sent entry surely at or before `offset`, and the first
+    # surely at or past `want`, over all shards.
+    lows: list[tuple[tuple[int, int, str], int, int]] = []
+    highs: list[tuple[tuple[int, int, str], int, int]] = []
+    for j, shard_keys in enumerate(keys):
+        n = len(shard_keys)
+        k = _first_true(n, partial(lambda j, k: bounds(j, k)[1] > offset, j)) - 1
+        if k >= 0:
+            lows.append((shard_keys[k], j, k))
+        k = _first_true(n, partial(lambda j, k: bounds(j, k)[0] >= want, j))
+        if k < n:
+            highs.append((shard_keys[k], j, k))
+    if lows:
+        _, j, k = max(lows)
+        lo = _position(replies[j].entries[k])
+    if highs:
+        _, j, k = min(highs)
+        hi = _position(replies[j].entries[k])
+    return lo, hi
+
+
+def _first_true(n: int, test: Callable[[int], bool]) -> int:
+    """The least k in [0, n) with test(k), or n; ``test`` must be
+    monotonic (false, then true)."""
+    low, high = 0, n
+    while low < high:
+        middle = (low + high) // 2
+        if test(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def to_entries(

@@ -91,6 +91,7 @@ async def serve(
 
     async def stop() -> None:
         retention.cancel()
+        servicer.tops.close()
         await clients.close()
         await catalog.close()
 

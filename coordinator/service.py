@@ -29,6 +29,7 @@ from chronoscore.v1 import shard_pb2 as _shard_pb
 from .catalog import Board, Catalog, board_from_proto, period_proto
 from .queries import Moved, Ranked, Reader, to_entries
 from .shards import ShardClients
+from .tops import FOLLOWED, Tops
 from .watch import Feeds
 
 __all__ = ["LeaderboardServicer"]
@@ -54,6 +55,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         self.shards = shards
         self.catalog = catalog
         self.feeds = Feeds(self._poll_top)
+        self.tops = Tops(shards)
         self._last_stamp = 0
 
     def _stamp(self) -> int:
@@ -275,7 +277,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
 
         async def read() -> _pb.EntriesResponse:
             reader, period = await self._reader(request.leaderboard, request.period)
-            ranked, total = await reader.top(limit)
+            ranked, total = await self._top(reader, limit)
             return _pb.EntriesResponse(
                 entries=to_entries(reader.board, ranked, 1),
                 total=total,
@@ -283,6 +285,15 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             )
 
         return await self._settled(read)
+
+    async def _top(self, reader: Reader, limit: int) -> tuple[list[Ranked], int]:
+        """From the shards' pushed lists if they can answer, else from
+        every shard (see coordinator.tops)."""
+        pushed = await self.tops.top(reader.period, limit)
+        if pushed is None:
+            return await reader.top(limit)
+        entries, total = pushed
+        return [Ranked(e, i) for i, e in enumerate(entries)], total
 
     @rpc
     async def GetRank(
@@ -331,7 +342,11 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
 
         async def read() -> _pb.EntriesResponse:
             reader, period = await self._reader(request.leaderboard, request.period)
-            page, total = await reader.page(offset, limit)
+            if offset + limit <= FOLLOWED:
+                ranked, total = await self._top(reader, offset + limit)
+                page = ranked[offset:]
+            else:
+                page, total = await reader.page(offset, limit)
             first = await self._first_shared(reader, page, None)
             return _pb.EntriesResponse(
                 entries=to_entries(reader.board, page, first),
@@ -406,7 +421,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
     async def _poll_top(self, name: str, limit: int) -> tuple[_pb.EntriesResponse, int]:
         async def read() -> tuple[_pb.EntriesResponse, int]:
             reader, period = await self._reader(name, "")
-            ranked, total = await reader.top(limit)
+            ranked, total = await self._top(reader, limit)
             reply = _pb.EntriesResponse(
                 entries=to_entries(reader.board, ranked, 1), total=total, period=period
             )

@@ -14,7 +14,7 @@ from chronoscore import _placement
 from chronoscore._db import is_unavailable, make_pool
 from chronoscore._metrics import RING_VERSION
 from chronoscore._placement import Placement
-from chronoscore._ring import SHARD_HEADER, SLOTS_HEADER
+from chronoscore._ring import GENERATION_TRAILER, SHARD_HEADER, SLOTS_HEADER
 from chronoscore._server import remaining
 from chronoscore.errors import Unavailable, from_status
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
@@ -31,13 +31,17 @@ _UNREACHABLE = (
     grpc.StatusCode.CANCELLED,
 )
 
+# Calls whose replies carry the shard's generation after the write.
+_WRITES = frozenset({"Apply", "UpsertUser", "Remove", "Prune"})
+
 
 class ShardClients:
     """Channels to the shards, and the placement that routes to them.
 
     The placement is read from PostgreSQL at start and again whenever it
     changes (see ``chronoscore._placement``). Shards record their own
-    addresses there; ``addresses`` given here take precedence.
+    addresses there; ``addresses`` given here take precedence, until the
+    shard records another address than it had (it started elsewhere).
     """
 
     def __init__(
@@ -52,6 +56,8 @@ class ShardClients:
         self.timeout = timeout
         self._credentials = credentials
         self._given = dict(addresses or {})
+        # The addresses shards recorded, when last read.
+        self._recorded: dict[str, str | None] = {}
         self._pool = make_pool(dsn, "chronoscore-placement", max_size=2, timeout=5.0)
         self._addresses: dict[str, str] = {}
         self._channels: dict[str, aio.Channel] = {}
@@ -59,6 +65,9 @@ class ShardClients:
         self._placement: Placement | None = None
         self._reloading = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
+        # Per shard, the generation after the last write this coordinator
+        # saw acknowledged: pushed top lists older than that miss it.
+        self.written: dict[str, int] = {}
 
     async def open(self, first_ring: list[str]) -> None:
         """Load the placement (creating it from ``first_ring`` in a new
@@ -87,7 +96,18 @@ class ShardClients:
             placement = await _placement.load(conn)
             states = await _placement.shard_states(conn)
         for name in placement.holders:
-            address = self._given.get(name) or states.get(name, _NOWHERE).address
+            recorded = states.get(name, _NOWHERE).address
+            before = self._recorded.get(name)
+            if name in self._given and before and recorded != before:
+                # The shard started again somewhere else since.
+                logger.info(
+                    "shard %s now listens at %s; following it instead of %s",
+                    name,
+                    recorded,
+                    self._given.pop(name),
+                )
+            self._recorded[name] = recorded
+            address = self._given.get(name) or recorded
             if address and address != self._addresses.get(name):
                 self._connect(name, address)
         if self._placement is None or placement.version != self._placement.version:
@@ -108,9 +128,14 @@ class ShardClients:
     async def _changed(self) -> None:
         async with self._pool.connection() as conn:
             current = await _placement.version(conn)
+            recorded = await _placement.addresses(conn)
         placement = self.placement
         unknown = any(name not in self._stubs for name in placement.holders)
-        if current != placement.version or unknown:
+        # A shard that restarted elsewhere (another port, another host).
+        moved = any(
+            recorded.get(name) != self._recorded.get(name) for name in placement.holders
+        )
+        if current != placement.version or unknown or moved:
             await self.reload()
 
     def _connect(self, name: str, address: str) -> None:
@@ -128,6 +153,11 @@ class ShardClients:
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.min_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 2000),
+                # A shard whose host vanished sends no reset; pings find
+                # it, ending the top lists it pushed (coordinator.tops).
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         self._stubs[name] = _shard_grpc.ShardServiceStub(self._channels[name])
@@ -145,22 +175,35 @@ class ShardClients:
         With ``placement``, the call is a read that the shard answers
         only if it owns exactly the slots that placement gives it.
         """
-        stub = self._stubs.get(shard)
-        if stub is None:
-            raise Unavailable(f"shard {shard} has not recorded its address yet")
+        stub = self.stub(shard)
         metadata: tuple[tuple[str, str], ...] = ((SHARD_HEADER, shard),)
         if placement is not None:
             metadata += ((SLOTS_HEADER, placement.digest(shard)),)
         try:
-            return await getattr(stub, method)(
+            call = getattr(stub, method)(
                 request, timeout=remaining(self.timeout), metadata=metadata
             )
+            reply = await call
+            if method in _WRITES:
+                self._note_generation(shard, await call.trailing_metadata())
+            return reply
         except aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if code in _UNREACHABLE:
                 logger.debug("shard %s unreachable: %s", shard, details)
                 raise Unavailable(f"shard {shard} is unavailable: {details}") from None
             raise from_status(code, details) from None
+
+    def stub(self, shard: str) -> _shard_grpc.ShardServiceStub:
+        stub = self._stubs.get(shard)
+        if stub is None:
+            raise Unavailable(f"shard {shard} has not recorded its address yet")
+        return stub
+
+    def _note_generation(self, shard: str, trailers: Any) -> None:
+        for key, value in trailers or ():
+            if key == GENERATION_TRAILER:
+                self.written[shard] = max(self.written.get(shard, 0), int(value))
 
     async def each(
         self,

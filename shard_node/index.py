@@ -11,6 +11,7 @@ at start, and changes it only after PostgreSQL has committed them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -196,6 +197,24 @@ class LeaderboardIndex:
     def at(self, position: int) -> IndexEntry:
         """The entry at a position (0 is the best). O(log n)."""
         return self._entry(self._keys[position])
+
+    def memory_bytes(self) -> int:
+        """Bytes the index holds, by ``sys.getsizeof``: the sorted keys,
+        the user map, the user ids and metadata. O(n).
+
+        Objects shared between structures (a user id is a dict key and a
+        handle's target) count once. The allocator's rounding is not
+        counted.
+        """
+        size = sys.getsizeof
+        keys = self._keys
+        total = size(keys) + size(keys._lists) + size(keys._maxes)
+        total += size(keys._index) + sum(size(leaf) for leaf in keys._lists)
+        total += sum(map(size, keys))
+        total += size(self._by_user) + sum(map(size, self._by_user))
+        total += size(self._users) + size(self._free)
+        total += size(self._metadata) + sum(map(size, self._metadata.values()))
+        return total
 
     def __iter__(self) -> Iterator[IndexEntry]:
         """Every entry in rank order."""

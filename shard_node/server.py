@@ -91,6 +91,7 @@ async def serve(
         port=bound,
         port_file=port_file,
         on_stop=shard.stop,
+        on_drain=shard.drain,
         fatal=shard.failed,
     )
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from grpc import aio
 
 from chronoscore import _validate as check
-from chronoscore._ring import SLOTS_HEADER
-from chronoscore._server import rpc
+from chronoscore._ring import GENERATION_TRAILER, SLOTS_HEADER
+from chronoscore._server import Malformed, rpc
 from chronoscore.errors import ChronoscoreError, InvalidArgument, WrongShard
 from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import shard_pb2 as _shard_pb
@@ -20,8 +20,10 @@ from .store import BoardKey
 
 __all__ = ["ShardServicer"]
 
-# Sample answers at most this many positions per call.
-_MAX_SAMPLE = 1024
+# Count answers at most this many positions per call...
+_MAX_POSITIONS = 1 << 16
+# ... and Between returns at most this many entries.
+_MAX_BETWEEN = 2048
 
 
 class ShardServicer(_shard_grpc.ShardServiceServicer):
@@ -38,6 +40,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
             raise InvalidArgument(f"a batch holds at most {check.MAX_BATCH} updates")
         writes = [_write(u, i) for i, u in enumerate(request.updates)]
         outcomes = await self.shard.apply(writes, request.arrived_us)
+        self._tell_generation(context)
         return _shard_pb.ApplyResponse(results=[_result(o) for o in outcomes])
 
     @rpc
@@ -47,6 +50,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         user = check.check_user_id(request.user_id)
         name = check.check_display_name(request.display_name)
         await self.shard.upsert_user(user, name)
+        self._tell_generation(context)
         return _pb.UpsertUserResponse(user_id=user, display_name=name)
 
     @rpc
@@ -57,6 +61,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         if request.board_id < 0:
             raise InvalidArgument(f"board_id {request.board_id} is negative")
         removed = await self.shard.remove(user, request.board_id)
+        self._tell_generation(context)
         return _pb.RemoveResponse(removed=removed)
 
     @rpc
@@ -70,23 +75,34 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         return self._reply(index, entries, range(start, start + len(entries)))
 
     @rpc
-    async def Sample(
-        self, request: _shard_pb.SampleRequest, context: aio.ServicerContext
-    ) -> _shard_pb.EntriesReply:
+    async def Between(
+        self, request: _shard_pb.BetweenRequest, context: aio.ServicerContext
+    ) -> _shard_pb.BetweenReply:
         index = self._index(request.board, context)
-        lo = check.check_offset(request.lo, "lo")
-        hi = len(index) if request.hi < 0 else min(request.hi, len(index))
-        count = min(max(request.count, 0), _MAX_SAMPLE)
-        positions = _spread(lo, hi, count)
-        entries = [index.at(p) for p in positions]
-        return self._reply(index, entries, positions)
+        for name in ("lo", "hi"):
+            if request.HasField(name) and getattr(request, name).reached_us < 0:
+                raise InvalidArgument(f"{name} must not have a negative reached_us")
+        start = _ahead(index, request.lo) if request.HasField("lo") else 0
+        end = _ahead(index, request.hi) if request.HasField("hi") else len(index)
+        end = max(start, end)
+        count = min(max(request.count, 0), _MAX_BETWEEN)
+        if end - start <= count:
+            positions = list(range(start, end))
+            entries = index.range(start, end - start)
+        else:
+            positions = _spread(start, end, count)
+            entries = [index.at(p) for p in positions]
+        reply = self._reply(index, entries, positions)
+        return _shard_pb.BetweenReply(
+            start=start, end=end, entries=reply.entries, total=len(index)
+        )
 
     @rpc
     async def Count(
         self, request: _shard_pb.CountRequest, context: aio.ServicerContext
     ) -> _shard_pb.CountReply:
         index = self._index(request.board, context)
-        if len(request.positions) > _MAX_SAMPLE * 64:
+        if len(request.positions) > _MAX_POSITIONS:
             raise InvalidArgument("too many positions in one Count")
         if any(p.reached_us < 0 for p in request.positions):
             raise InvalidArgument("positions must not have a negative reached_us")
@@ -110,7 +126,10 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
             if entry is not None:
                 entries.append(entry)
                 positions.append(index.rank_of(user) or 0)
-        return self._reply(index, entries, positions)
+        reply = self._reply(index, entries, positions)
+        for sent in reply.entries:
+            sent.better = index.count_better(sent.score)
+        return reply
 
     @rpc
     async def Prune(
@@ -121,6 +140,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         removed = await self.shard.prune(
             request.board_id, request.before_us, request.drop_board
         )
+        self._tell_generation(context)
         return _shard_pb.PruneReply(removed=removed)
 
     @rpc
@@ -132,6 +152,55 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
             slots=len(self.shard.slots),
             epoch=self.shard.epoch,
             entries=sum(len(i) for i in self.shard.indexes.values()),
+            index_bytes=(
+                sum(i.memory_bytes() for i in self.shard.indexes.values())
+                if request.measure_memory
+                else 0
+            ),
+        )
+
+    async def FollowTop(
+        self, request: _shard_pb.FollowTopRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[_shard_pb.TopSnapshot]:
+        """The first entries now, then after every change of generation.
+
+        A snapshot whose entries (with their names and metadata) are
+        those of the one before says so instead of repeating them, so
+        commits that leave the top alone cost a few bytes per follower.
+        The stream ends, with OK, when the shard drains.
+        """
+        try:
+            if isinstance(request, Malformed):
+                raise InvalidArgument(
+                    f"the request is not a valid message: {request.error}"
+                )
+            key = _board_key(request.board)
+            limit = check.check_limit(request.limit)
+        except ChronoscoreError as exc:
+            await context.abort(exc.code, str(exc))
+            return
+
+        shard = self.shard
+        sent: list[_shard_pb.ShardEntry] | None = None
+        while not shard.draining:
+            generation = shard.generation
+            index = shard.index(key, request.board.ascending)
+            top = index.top(limit)
+            entries = self._reply(index, top, range(len(top))).entries
+            snapshot = _shard_pb.TopSnapshot(
+                total=len(index), generation=generation, slots_digest=shard.digest
+            )
+            if sent is not None and list(entries) == sent:
+                snapshot.unchanged = True
+            else:
+                sent = list(entries)
+                snapshot.entries.extend(sent)
+            yield snapshot
+            await shard.changed_after(generation)
+
+    def _tell_generation(self, context: aio.ServicerContext) -> None:
+        context.set_trailing_metadata(
+            ((GENERATION_TRAILER, str(self.shard.generation)),)
         )
 
     def _index(
@@ -201,6 +270,10 @@ def _write(update: _shard_pb.ShardUpdate, i: int) -> Write:
         request_id=check.check_request_id(update.request_id, f"{field}request_id"),
         arrived_us=update.arrived_us,
     )
+
+
+def _ahead(index: LeaderboardIndex, position: _shard_pb.Position) -> int:
+    return index.count_ahead(position.score, position.reached_us, position.user_id)
 
 
 def _spread(lo: int, hi: int, count: int) -> list[int]:

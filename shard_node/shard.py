@@ -58,6 +58,7 @@ from .store import (
     ScoreRow,
     Snapshot,
     Store,
+    Superseded,
 )
 
 __all__ = ["Shard", "Write", "Applied", "Outcome"]
@@ -165,12 +166,18 @@ class Shard:
         # The slots this shard owns at `epoch`, with the version each
         # last moved at, and their digest.
         self.epoch = 0
+        self.incarnation = 0
         self.slots: list[int] = []
         self.digest = holding_digest({})
         self._held: dict[int, int] = {}
         self._owned: frozenset[int] = frozenset()
         self._last_reached_us = 0
         self._last_heartbeat = 0.0
+        # Bumped whenever what reads see changes. It starts from the
+        # clock, so it keeps growing across restarts of the shard.
+        self.generation = _now_us()
+        self.draining = False
+        self._changed = asyncio.Event()
         self._recent: OrderedDict[tuple[str, str], RequestRow] = OrderedDict()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=10_000)
         self._loop_task: asyncio.Task[None] | None = None
@@ -189,6 +196,7 @@ class Shard:
         if self.first_ring:
             await self.store.bootstrap(self.first_ring)
         await self.store.register(self.name)
+        self.incarnation = await self.store.claim(self.name)
         epoch, held = await self.store.layout(self.name)
         snapshot = await self.store.load(sorted(held))
         self.indexes = snapshot.indexes
@@ -222,6 +230,23 @@ class Shard:
     async def advertise(self, address: str) -> None:
         """Record where coordinators reach this shard."""
         await self.store.register(self.name, address)
+
+    def drain(self) -> None:
+        """End every follower's stream; the server is stopping."""
+        self.draining = True
+        self._changed.set()
+
+    async def changed_after(self, generation: int) -> None:
+        """Return once the generation is past ``generation``, or the shard
+        drains."""
+        while self.generation <= generation and not self.draining:
+            await self._changed.wait()
+
+    def _bump(self) -> None:
+        """What reads see changed: wake everyone waiting in changed_after."""
+        self.generation = max(self.generation + 1, _now_us())
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def stop(self) -> None:
         """Commit what is queued, then close the store."""
@@ -283,6 +308,7 @@ class Shard:
         if snapshot is not None:
             self._adopt(snapshot)
         self._hold(epoch, held)
+        self._bump()
         logger.info(
             "shard %s now owns %d slots (epoch %d): %d gained, %d lost",
             self.name,
@@ -388,6 +414,9 @@ class Shard:
                 size += nxt.size
             try:
                 await self._commit(jobs)
+            except Superseded:
+                logger.error("shard %s was superseded by a newer process", self.name)
+                raise
             except Exception:
                 # A failure here is a bug, and it may have left memory
                 # behind PostgreSQL. Stop taking writes; the server exits
@@ -499,6 +528,11 @@ class Shard:
                 return
             await self._commit(jobs)
             return
+        except Superseded as exc:
+            # Its writes are not in PostgreSQL; the process that took
+            # over will serve them if they are sent again.
+            _answer_all(jobs, Unavailable(str(exc)))
+            raise
         except Exception as exc:
             _answer_all(jobs, self._commit_error(exc))
             return
@@ -542,13 +576,14 @@ class Shard:
         for prune in prunes:
             for board in self._pruned_boards(prune):
                 del self.indexes[board]
+        self._bump()
 
     async def _write(self, batch: Batch) -> None:
         """Write a batch, again if PostgreSQL rolled it back for a
         conflict with another transaction (a deadlock, say)."""
         for attempt in range(3):
             try:
-                await self.store.write(batch, self.name, self.epoch)
+                await self.store.write(batch, self.name, self.epoch, self.incarnation)
                 return
             except (DeadlockDetected, SerializationFailure) as exc:
                 if attempt == 2:
@@ -770,6 +805,10 @@ class Shard:
         if index is None:
             return LeaderboardIndex(ascending=ascending)
         return index
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def _arrival(arrived_us: int) -> int:

@@ -16,6 +16,7 @@ import psycopg
 from chronoscore import _placement
 from chronoscore._db import is_unavailable, make_pool
 from chronoscore._schema import migrate
+from chronoscore.errors import FailedPrecondition
 
 from .index import IndexEntry, LeaderboardIndex
 
@@ -85,6 +86,11 @@ _LOAD_SCORES = """
                  s.reached_us, s.user_id
     ) TO STDOUT (FORMAT BINARY)
 """
+
+
+class Superseded(Exception):
+    """Another process has started as this shard since this one did;
+    nothing was written, and this one must stop."""
 
 
 class EpochChanged(Exception):
@@ -261,18 +267,42 @@ class Store:
             for user, rid, board, period, score, changed in rows
         }
 
-    async def write(self, batch: Batch, shard: str, epoch: int) -> None:
+    async def claim(self, shard: str) -> int:
+        """Become the process of ``shard``: a new incarnation, which waits
+        for commits of an earlier process still in flight, and fences off
+        its later ones (see :meth:`write`)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE ring_shards SET incarnation = incarnation + 1"
+                " WHERE name = %s RETURNING incarnation",
+                [shard],
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise FailedPrecondition(f"shard {shard!r} is not registered")
+        return int(row[0])
+
+    async def write(
+        self, batch: Batch, shard: str, epoch: int, incarnation: int
+    ) -> None:
         """Commit a batch in one transaction, if ``shard`` still holds
         ``epoch`` (see ``chronoscore._placement``); else EpochChanged.
+        Superseded if another process has claimed the shard since
+        ``incarnation``.
 
         Each (board, period, user), profile and request appears once.
         Raises psycopg or pool errors when PostgreSQL cannot commit.
         """
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT epoch FROM ring_shards WHERE name = %s FOR SHARE", [shard]
+                "SELECT epoch, incarnation FROM ring_shards WHERE name = %s FOR SHARE",
+                [shard],
             )
             row = await cur.fetchone()
+            if row is not None and row[1] != incarnation:
+                raise Superseded(
+                    f"another process started as shard {shard}; this one stops"
+                )
             if row is None or row[0] != epoch:
                 raise EpochChanged(f"shard {shard}'s epoch is no longer {epoch}")
             for removal in batch.removals:

@@ -42,11 +42,13 @@ def test_deep_pages_equal_sql_order(client: Client, cluster: LocalCluster) -> No
     _fill(client, "deep", 3000, seed=5)
     rows = ranked(cluster.dsn, "deep")
     rng = random.Random(9)
-    offsets = [0, 999, 1000, 1001, 1500, 2999] + rng.sample(range(1000, 3000), 25)
+    offsets = [0, 99, 100, 255, 256, 257, 1000, 1500, 2999]
+    offsets += rng.sample(range(200, 3000), 25)
 
     split_runs = 0
-    for offset in offsets:
-        limit = rng.randrange(1, 60)
+    for i, offset in enumerate(offsets):
+        # Now and then a page longer than one shard's sample.
+        limit = 1000 if i % 8 == 7 else rng.randrange(1, 60)
         page = client.page("deep", offset, limit)
         want = rows[offset : offset + limit]
         assert [(e.user_id, e.score, e.rank) for e in page.entries] == want

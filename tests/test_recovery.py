@@ -332,3 +332,91 @@ def test_metrics_are_served(dsn: str, tmp_path: Path) -> None:
             if line.startswith("chronoscore_index_entries{")
         ]
         assert len(sizes) == 1 and float(sizes[0].split()[-1]) > 0
+
+
+def _lease_backend(dsn: str, name: str) -> int:
+    """The PostgreSQL backend holding a shard's lock."""
+    from chronoscore._placement import lease_key
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = %s",
+            [lease_key(name) & (2**64 - 1)],
+        ).fetchone()
+    assert row is not None, f"{name} holds no lock"
+    return int(row[0])
+
+
+def test_a_shard_that_lost_its_lock_cannot_write_on(
+    cluster: LocalCluster, client: Client, tmp_path: Path
+) -> None:
+    """A process that lost its lock while another took over as the same
+    shard is fenced off: its writes fail and it exits. Coordinators follow
+    the shard to its new address."""
+    from chronoscore._ring import SHARD_HEADER
+    from chronoscore.v1 import shard_pb2 as spb
+    from chronoscore.v1 import shard_pb2_grpc as spb_grpc
+
+    client.create_leaderboard(BOARD, operator="set")
+    name = cluster.names[0]
+    ring = Ring(cluster.names)
+    users = [u for u in (f"f{i}" for i in range(200)) if ring.owner(u) == name]
+    client.submit_scores([Update(BOARD, u, 1) for u in users])
+
+    old = cluster.processes[name]
+    old_port = cluster.shard_ports[name]
+    old.send_signal(signal.SIGSTOP)
+    port_file = tmp_path / "second.port"
+    try:
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(%s)", [_lease_backend(cluster.dsn, name)]
+            )
+        second = subprocess.Popen(
+            [sys.executable, "-m", "shard_node", "--name", name, "--dsn"]
+            + [cluster.dsn, "--port", "0", "--port-file", str(port_file)],
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert second.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        old.send_signal(signal.SIGCONT)
+
+    try:
+        with psycopg.connect(cluster.dsn) as conn:
+            (board_id,) = conn.execute(
+                "SELECT id FROM leaderboards WHERE name = %s", [BOARD]
+            ).fetchone() or (0,)
+        # The old process still answers on its port, but cannot commit.
+        with grpc.insecure_channel(f"127.0.0.1:{old_port}") as channel:
+            stub = spb_grpc.ShardServiceStub(channel)
+            update = spb.ShardUpdate(
+                board=spb.BoardPeriod(board_id=board_id),
+                user_id=users[0],
+                score=666,
+                mode=pb.SCORE_MODE_SET,
+            )
+            try:
+                reply = stub.Apply(
+                    spb.ApplyRequest(updates=[update]),
+                    metadata=((SHARD_HEADER, name),),
+                    timeout=30,
+                )
+                failure = reply.results[0].failure
+                assert failure.code == grpc.StatusCode.UNAVAILABLE.value[0], reply
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+        assert old.wait(timeout=30) != 0
+        assert scores(cluster.dsn, BOARD)[users[0]] == 1
+
+        # The coordinator finds the shard where it runs now.
+        rank = eventually(lambda: client.rank(BOARD, users[0]), seconds=20)
+        assert rank.entry.score == 1
+        client.submit_score(BOARD, users[0], 2)
+        assert client.rank(BOARD, users[0]).entry.score == 2
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from chronoscore import Client, Unavailable, Update
 from chronoscore._cluster import LocalCluster
@@ -366,8 +367,23 @@ def test_one_mover_at_a_time_and_bad_dsns(dsn: str, tmp_path: Path) -> None:
         with psycopg.connect(cluster.dsn) as conn:
             conn.execute("SELECT 1 FROM ring_shards WHERE name = 'shard-1' FOR SHARE")
             stuck = run("remove-shard", "shard-1", "--wait", "1", "--dsn", cluster.dsn)
-        assert stuck.returncode == 1 and "UNAVAILABLE" in stuck.stderr
-        assert "held its placement row" in stuck.stderr
+            # Under a millisecond still gives up, rather than never.
+            brief = run(
+                "remove-shard", "shard-1", "--wait", "0.0004", "--dsn", cluster.dsn
+            )
+        for result in (stuck, brief):
+            assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+            assert "held its placement row" in result.stderr
+        assert set(_slots(cluster.dsn)) == {"shard-0", "shard-1"}
+
+        # A database that refuses changes (a read-only standby, say).
+        read_only = make_conninfo(
+            cluster.dsn, options="-c default_transaction_read_only=on"
+        )
+        refused = run("remove-shard", "shard-1", "--dsn", read_only)
+        assert refused.returncode == 1, refused.stderr
+        assert "FAILED_PRECONDITION" in refused.stderr
+        assert "read-only" in refused.stderr and "Traceback" not in refused.stderr
         assert set(_slots(cluster.dsn)) == {"shard-0", "shard-1"}
 
         bad = run("status", "--dsn", "not a dsn")

@@ -17,10 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chronoscore import Client, PermissionDenied, Unauthenticated, Unavailable
+from chronoscore import (
+    Client,
+    FailedPrecondition,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from chronoscore._cluster import LocalCluster
 from chronoscore._ring import SHARD_HEADER
-from chronoscore._security import token_digest
+from chronoscore._security import Tokens, token_digest
 from chronoscore.v1 import shard_pb2 as spb
 from chronoscore.v1 import shard_pb2_grpc as spb_grpc
 
@@ -210,3 +216,22 @@ def test_shards_take_only_the_cluster_credential(secured: Secured) -> None:
     # judges the request itself.
     allowed = _shard_call(secured, secured.coordinator)
     assert allowed.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("entry", "complaint"),
+    [
+        ({"sha256": READER, "scopes": ["read"]}, "not a SHA-256 hex digest"),
+        ({"sha256": token_digest(READER), "scopes": "read"}, "non-empty list"),
+        ({"sha256": token_digest(READER), "scopes": []}, "non-empty list"),
+        ({"sha256": token_digest(READER), "scopes": ["Read"]}, "are not 'read'"),
+        ({"scopes": ["read"]}, "sha256"),
+    ],
+)
+def test_tokens_that_could_never_work_are_refused(
+    tmp_path: Path, entry: dict[str, object], complaint: str
+) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [entry]}))
+    with pytest.raises(FailedPrecondition, match=complaint):
+        Tokens.load(path)

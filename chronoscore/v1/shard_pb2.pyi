@@ -59,20 +59,22 @@ class ShardRemoveRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., board_id: _Optional[int] = ...) -> None: ...
 
 class ShardEntry(_message.Message):
-    __slots__ = ("user_id", "display_name", "score", "reached_us", "metadata", "position")
+    __slots__ = ("user_id", "display_name", "score", "reached_us", "metadata", "position", "better")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REACHED_US_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
+    BETTER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     display_name: str
     score: int
     reached_us: int
     metadata: bytes
     position: int
-    def __init__(self, user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., score: _Optional[int] = ..., reached_us: _Optional[int] = ..., metadata: _Optional[bytes] = ..., position: _Optional[int] = ...) -> None: ...
+    better: int
+    def __init__(self, user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., score: _Optional[int] = ..., reached_us: _Optional[int] = ..., metadata: _Optional[bytes] = ..., position: _Optional[int] = ..., better: _Optional[int] = ...) -> None: ...
 
 class EntriesReply(_message.Message):
     __slots__ = ("entries", "total")
@@ -92,17 +94,29 @@ class RangeRequest(_message.Message):
     limit: int
     def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., start: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
-class SampleRequest(_message.Message):
+class BetweenRequest(_message.Message):
     __slots__ = ("board", "lo", "hi", "count")
     BOARD_FIELD_NUMBER: _ClassVar[int]
     LO_FIELD_NUMBER: _ClassVar[int]
     HI_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     board: BoardPeriod
-    lo: int
-    hi: int
+    lo: Position
+    hi: Position
     count: int
-    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., lo: _Optional[int] = ..., hi: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., lo: _Optional[_Union[Position, _Mapping]] = ..., hi: _Optional[_Union[Position, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class BetweenReply(_message.Message):
+    __slots__ = ("start", "end", "entries", "total")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    entries: _containers.RepeatedCompositeFieldContainer[ShardEntry]
+    total: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[ShardEntry, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
 class Position(_message.Message):
     __slots__ = ("score", "reached_us", "user_id")
@@ -163,17 +177,43 @@ class PruneReply(_message.Message):
     def __init__(self, removed: _Optional[int] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("measure_memory",)
+    MEASURE_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    measure_memory: bool
+    def __init__(self, measure_memory: _Optional[bool] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("name", "slots", "epoch", "entries")
+    __slots__ = ("name", "slots", "epoch", "entries", "index_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     slots: int
     epoch: int
     entries: int
-    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., epoch: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...
+    index_bytes: int
+    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., epoch: _Optional[int] = ..., entries: _Optional[int] = ..., index_bytes: _Optional[int] = ...) -> None: ...
+
+class FollowTopRequest(_message.Message):
+    __slots__ = ("board", "limit")
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    board: BoardPeriod
+    limit: int
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class TopSnapshot(_message.Message):
+    __slots__ = ("entries", "unchanged", "total", "generation", "slots_digest")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[ShardEntry]
+    unchanged: bool
+    total: int
+    generation: int
+    slots_digest: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[ShardEntry, _Mapping]]] = ..., unchanged: _Optional[bool] = ..., total: _Optional[int] = ..., generation: _Optional[int] = ..., slots_digest: _Optional[str] = ...) -> None: ...

@@ -56,10 +56,10 @@ class ShardServiceStub:
                 request_serializer=chronoscore_dot_v1_dot_shard__pb2.RangeRequest.SerializeToString,
                 response_deserializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
                 _registered_method=True)
-        self.Sample = channel.unary_unary(
-                '/chronoscore.v1.ShardService/Sample',
-                request_serializer=chronoscore_dot_v1_dot_shard__pb2.SampleRequest.SerializeToString,
-                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
+        self.Between = channel.unary_unary(
+                '/chronoscore.v1.ShardService/Between',
+                request_serializer=chronoscore_dot_v1_dot_shard__pb2.BetweenRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.BetweenReply.FromString,
                 _registered_method=True)
         self.Count = channel.unary_unary(
                 '/chronoscore.v1.ShardService/Count',
@@ -80,6 +80,11 @@ class ShardServiceStub:
                 '/chronoscore.v1.ShardService/Describe',
                 request_serializer=chronoscore_dot_v1_dot_shard__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=chronoscore_dot_v1_dot_shard__pb2.DescribeResponse.FromString,
+                _registered_method=True)
+        self.FollowTop = channel.unary_stream(
+                '/chronoscore.v1.ShardService/FollowTop',
+                request_serializer=chronoscore_dot_v1_dot_shard__pb2.FollowTopRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.TopSnapshot.FromString,
                 _registered_method=True)
 
 
@@ -114,8 +119,9 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Sample(self, request, context):
-        """Up to `count` entries evenly spaced over local positions [lo, hi).
+    def Between(self, request, context):
+        """The local positions between two places in the ranking, and up to
+        `count` entries evenly spread over them: all of them if they fit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +156,15 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FollowTop(self, request, context):
+        """The first `limit` entries of one leaderboard period: now, and again
+        after every commit, so a coordinator can answer top-N reads from its
+        own memory. Ends when the shard drains.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,10 +188,10 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     request_deserializer=chronoscore_dot_v1_dot_shard__pb2.RangeRequest.FromString,
                     response_serializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.SerializeToString,
             ),
-            'Sample': grpc.unary_unary_rpc_method_handler(
-                    servicer.Sample,
-                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.SampleRequest.FromString,
-                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.EntriesReply.SerializeToString,
+            'Between': grpc.unary_unary_rpc_method_handler(
+                    servicer.Between,
+                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.BetweenRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.BetweenReply.SerializeToString,
             ),
             'Count': grpc.unary_unary_rpc_method_handler(
                     servicer.Count,
@@ -197,6 +212,11 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=chronoscore_dot_v1_dot_shard__pb2.DescribeRequest.FromString,
                     response_serializer=chronoscore_dot_v1_dot_shard__pb2.DescribeResponse.SerializeToString,
+            ),
+            'FollowTop': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowTop,
+                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.FollowTopRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.TopSnapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,7 +338,7 @@ class ShardService:
             _registered_method=True)
 
     @staticmethod
-    def Sample(request,
+    def Between(request,
             target,
             options=(),
             channel_credentials=None,
@@ -331,9 +351,9 @@ class ShardService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chronoscore.v1.ShardService/Sample',
-            chronoscore_dot_v1_dot_shard__pb2.SampleRequest.SerializeToString,
-            chronoscore_dot_v1_dot_shard__pb2.EntriesReply.FromString,
+            '/chronoscore.v1.ShardService/Between',
+            chronoscore_dot_v1_dot_shard__pb2.BetweenRequest.SerializeToString,
+            chronoscore_dot_v1_dot_shard__pb2.BetweenReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -442,6 +462,33 @@ class ShardService:
             '/chronoscore.v1.ShardService/Describe',
             chronoscore_dot_v1_dot_shard__pb2.DescribeRequest.SerializeToString,
             chronoscore_dot_v1_dot_shard__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowTop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chronoscore.v1.ShardService/FollowTop',
+            chronoscore_dot_v1_dot_shard__pb2.FollowTopRequest.SerializeToString,
+            chronoscore_dot_v1_dot_shard__pb2.TopSnapshot.FromString,
             options,
             channel_credentials,
             insecure,
