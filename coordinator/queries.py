@@ -11,7 +11,9 @@ offset + limit entries from every shard.
 from __future__ import annotations
 
 import heapq
+import time
 from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +28,7 @@ from chronoscore.v1 import shard_pb2 as _shard_pb
 from .catalog import Board
 from .shards import ShardClients
 
-__all__ = ["Reader", "Ranked", "Moved", "merge", "to_entries"]
+__all__ = ["Reader", "Ranked", "Moved", "Sketches", "merge", "to_entries"]
 
 # Entries each shard offers in the first round of a page search, and
 # beyond the page's own length in later rounds (see Reader.page).
@@ -39,6 +41,38 @@ _SHALLOW = 256
 # The search ends in three rounds or so unless writes keep moving the
 # entries; then it gives up with Moved.
 _MAX_ROUNDS = 12
+
+
+class Sketches:
+    """Recent first rounds of page searches, as hints for the next ones.
+
+    A first round (256 entries spread over each shard) tells the search
+    where any offset lies. Reusing one for ``ttl`` seconds saves later
+    deep pages a round. A hint only chooses where the search looks:
+    each answer is still checked against what the shards report in its
+    own round, so a stale hint can cost a round, never a wrong page.
+    """
+
+    def __init__(self, ttl: float = 1.0, size: int = 256) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._kept: OrderedDict[
+            tuple[int, int, int], tuple[float, list[_shard_pb.BetweenReply]]
+        ] = OrderedDict()
+
+    def get(self, key: tuple[int, int, int]) -> list[_shard_pb.BetweenReply] | None:
+        kept = self._kept.get(key)
+        if kept is None or time.monotonic() - kept[0] > self.ttl:
+            return None
+        return kept[1]
+
+    def put(
+        self, key: tuple[int, int, int], replies: list[_shard_pb.BetweenReply]
+    ) -> None:
+        self._kept[key] = (time.monotonic(), replies)
+        self._kept.move_to_end(key)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
 
 
 class Moved(Unavailable):
@@ -78,11 +112,16 @@ class Reader:
     """Cross-shard reads of one period of one leaderboard."""
 
     def __init__(
-        self, shards: ShardClients, board: Board, period: _shard_pb.BoardPeriod
+        self,
+        shards: ShardClients,
+        board: Board,
+        period: _shard_pb.BoardPeriod,
+        sketches: Sketches | None = None,
     ) -> None:
         self.shards = shards
         self.board = board
         self.period = period
+        self.sketches = sketches or Sketches(ttl=0)
         # One placement for every call of this read, so each slot is
         # counted on exactly one shard; shards that own other slots by
         # now refuse with WrongShard, and the read starts over.
@@ -157,14 +196,6 @@ class Reader:
             ]
         return sums, sum(r.total for r in replies.values())
 
-    async def counts_by_shard(
-        self, entry: _shard_pb.ShardEntry
-    ) -> tuple[dict[str, int], int]:
-        """Entries ahead of ``entry`` on each shard, and the total."""
-        replies = await self._counts([_position(entry)])
-        ahead = {name: reply.counts[0].ahead for name, reply in replies.items()}
-        return ahead, sum(r.total for r in replies.values())
-
     async def _counts(
         self, positions: list[_shard_pb.Position]
     ) -> dict[str, _shard_pb.CountReply]:
@@ -201,8 +232,20 @@ class Reader:
         lo: _shard_pb.Position | None = None
         hi: _shard_pb.Position | None = None
         count = _FIRST_COUNT
+        key = (
+            self.period.board_id,
+            self.period.period_start_us,
+            self.placement.version,
+        )
+        hint = self.sketches.get(key)
+        if hint is not None and offset < sum(r.total for r in hint):
+            want = min(offset + limit, sum(r.total for r in hint))
+            lo, hi = _narrow(hint, offset, want, ascending, lo, hi)
+            count = limit + _MORE_COUNT
         for _ in range(_MAX_ROUNDS):
             replies = list((await self._between(lo, hi, count)).values())
+            if lo is None and hi is None and count == _FIRST_COUNT:
+                self.sketches.put(key, replies)
             total = sum(r.total for r in replies)
             if offset >= total:
                 return [], total
@@ -242,21 +285,30 @@ class Reader:
 
         At either end of the ranking the window shifts so it stays full
         (when there are enough entries), and it never repeats or skips a
-        user. Three rounds of calls.
+        user. Two rounds of calls: the owner finds the entry, then every
+        shard sends the entries around the place it holds there.
         """
         entry = await self.lookup(user_id)
-        ahead, total = await self.counts_by_shard(entry)
-        position = sum(ahead.values())
-        width = above + below + 1
-        start = max(0, min(position - above, total - width))
-
         # Any entry within `reach` global positions of the user is within
         # `reach` local positions on its shard, so these slices hold the
         # whole window.
         reach = above + below
-        starts = {name: max(0, count - reach) for name, count in ahead.items()}
-        lists, _ = await self._ranges(starts, 2 * reach + 1)
-        merged = merge(lists.values(), self.board.ascending)
+        replies = await self._each(
+            "Range",
+            _shard_pb.RangeRequest(
+                board=self.period,
+                around=_position(entry),
+                before=reach,
+                limit=min(2 * reach + 1, 1000),
+            ),
+        )
+        total = sum(r.total for r in replies.values())
+        position = sum(r.ahead for r in replies.values())
+        width = above + below + 1
+        start = max(0, min(position - above, total - width))
+        merged = merge(
+            [list(r.entries) for r in replies.values()], self.board.ascending
+        )
         me = next((i for i, e in enumerate(merged) if e.user_id == user_id), None)
         if me is None:
             raise Moved(f"user {user_id!r} moved while the window was read; try again")

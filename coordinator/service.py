@@ -27,7 +27,7 @@ from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
 from chronoscore.v1 import shard_pb2 as _shard_pb
 
 from .catalog import Board, Catalog, board_from_proto, period_proto
-from .queries import Moved, Ranked, Reader, to_entries
+from .queries import Moved, Ranked, Reader, Sketches, to_entries
 from .shards import ShardClients
 from .tops import FOLLOWED, Tops
 from .watch import Feeds
@@ -56,6 +56,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         self.catalog = catalog
         self.feeds = Feeds(self._poll_top)
         self.tops = Tops(shards)
+        self.sketches = Sketches()
         self._last_stamp = 0
 
     def _stamp(self) -> int:
@@ -267,7 +268,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             period_start_us=period.start_us,
             ascending=board.ascending,
         )
-        return Reader(self.shards, board, ref), period_proto(period)
+        return Reader(self.shards, board, ref, self.sketches), period_proto(period)
 
     @rpc
     async def GetTop(

@@ -71,8 +71,16 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         index = self._index(request.board, context)
         start = check.check_offset(request.start, "start")
         limit = check.check_limit(request.limit)
+        ahead = 0
+        if request.HasField("around"):
+            if request.around.reached_us < 0 or request.before < 0:
+                raise InvalidArgument("around and before must not be negative")
+            ahead = _ahead(index, request.around)
+            start = max(0, ahead - request.before)
         entries = index.range(start, limit)
-        return self._reply(index, entries, range(start, start + len(entries)))
+        reply = self._reply(index, entries, range(start, start + len(entries)))
+        reply.ahead = ahead
+        return reply
 
     @rpc
     async def Between(

@@ -63,6 +63,26 @@ def test_deep_pages_equal_sql_order(client: Client, cluster: LocalCluster) -> No
     assert client.page("deep", 10**15, 10).entries == []
 
 
+def test_a_page_read_just_after_a_shift_is_exact(
+    client: Client, cluster: LocalCluster
+) -> None:
+    # The coordinator reuses a page search's first round for a moment;
+    # a page read right after many entries moved must still be exact.
+    client.create_leaderboard("shift")
+    _fill(client, "shift", 3000, seed=6)
+    rows = ranked(cluster.dsn, "shift")
+    page = client.page("shift", 1500, 20)
+    assert [(e.user_id, e.score, e.rank) for e in page.entries] == rows[1500:1520]
+
+    movers = [Update("shift", f"p{i:05d}", 100, "set") for i in range(1, 3000, 3)]
+    assert all(r.ok for r in client.submit_scores(movers))
+    rows = ranked(cluster.dsn, "shift")
+    for offset in (1500, 400, 2900):
+        page = client.page("shift", offset, 20)
+        want = rows[offset : offset + 20]
+        assert [(e.user_id, e.score, e.rank) for e in page.entries] == want
+
+
 def test_around_shifts_at_both_ends(client: Client, cluster: LocalCluster) -> None:
     client.create_leaderboard("edges")
     _fill(client, "edges", 40, seed=3)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from chronoscore.v1 import leaderboard_pb2 as chronoscore_dot_v1_dot_leaderboard__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hronoscore/v1/shard.proto\x12\x0e\x63hronoscore.v1\x1a chronoscore/v1/leaderboard.proto\"K\n\x0b\x42oardPeriod\x12\x10\n\x08\x62oard_id\x18\x01 \x01(\x03\x12\x17\n\x0fperiod_start_us\x18\x02 \x01(\x03\x12\x11\n\tascending\x18\x03 \x01(\x08\"\xce\x01\n\x0bShardUpdate\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x03\x12\'\n\x04mode\x18\x04 \x01(\x0e\x32\x19.chronoscore.v1.ScoreMode\x12\x15\n\x08metadata\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x12\n\narrived_us\x18\x07 \x01(\x03\x42\x0b\n\t_metadata\"P\n\x0c\x41pplyRequest\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.chronoscore.v1.ShardUpdate\x12\x12\n\narrived_us\x18\x02 \x01(\x03\">\n\rApplyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.chronoscore.v1.SubmitResult\"7\n\x12ShardRemoveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x62oard_id\x18\x02 \x01(\x03\"\x8a\x01\n\nShardEntry\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x03\x12\x12\n\nreached_us\x18\x04 \x01(\x03\x12\x10\n\x08metadata\x18\x05 \x01(\x0c\x12\x10\n\x08position\x18\x06 \x01(\x03\x12\x0e\n\x06\x62\x65tter\x18\x07 \x01(\x03\"J\n\x0c\x45ntriesReply\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.chronoscore.v1.ShardEntry\x12\r\n\x05total\x18\x02 \x01(\x03\"X\n\x0cRangeRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12\r\n\x05start\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xaf\x01\n\x0e\x42\x65tweenRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12)\n\x02lo\x18\x02 \x01(\x0b\x32\x18.chronoscore.v1.PositionH\x00\x88\x01\x01\x12)\n\x02hi\x18\x03 \x01(\x0b\x32\x18.chronoscore.v1.PositionH\x01\x88\x01\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x42\x05\n\x03_loB\x05\n\x03_hi\"f\n\x0c\x42\x65tweenReply\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\x12+\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1a.chronoscore.v1.ShardEntry\x12\r\n\x05total\x18\x04 \x01(\x03\">\n\x08Position\x12\r\n\x05score\x18\x01 \x01(\x03\x12\x12\n\nreached_us\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"g\n\x0c\x43ountRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12+\n\tpositions\x18\x02 \x03(\x0b\x32\x18.chronoscore.v1.Position\"\'\n\x06\x43ounts\x12\r\n\x05\x61head\x18\x01 \x01(\x03\x12\x0e\n\x06\x62\x65tter\x18\x02 \x01(\x03\"C\n\nCountReply\x12&\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x16.chronoscore.v1.Counts\x12\r\n\x05total\x18\x02 \x01(\x03\"M\n\rLookupRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"G\n\x0cPruneRequest\x12\x10\n\x08\x62oard_id\x18\x01 \x01(\x03\x12\x11\n\tbefore_us\x18\x02 \x01(\x03\x12\x12\n\ndrop_board\x18\x03 \x01(\x08\"\x1d\n\nPruneReply\x12\x0f\n\x07removed\x18\x01 \x01(\x03\")\n\x0f\x44\x65scribeRequest\x12\x16\n\x0emeasure_memory\x18\x01 \x01(\x08\"j\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x05 \x01(\x03\x12\x13\n\x0bindex_bytes\x18\x06 \x01(\x03J\x04\x08\x02\x10\x03\"M\n\x10\x46ollowTopRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x86\x01\n\x0bTopSnapshot\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.chronoscore.v1.ShardEntry\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x14\n\x0cslots_digest\x18\x05 \x01(\t2\xef\x05\n\x0cShardService\x12\x44\n\x05\x41pply\x12\x1c.chronoscore.v1.ApplyRequest\x1a\x1d.chronoscore.v1.ApplyResponse\x12S\n\nUpsertUser\x12!.chronoscore.v1.UpsertUserRequest\x1a\".chronoscore.v1.UpsertUserResponse\x12L\n\x06Remove\x12\".chronoscore.v1.ShardRemoveRequest\x1a\x1e.chronoscore.v1.RemoveResponse\x12\x43\n\x05Range\x12\x1c.chronoscore.v1.RangeRequest\x1a\x1c.chronoscore.v1.EntriesReply\x12G\n\x07\x42\x65tween\x12\x1e.chronoscore.v1.BetweenRequest\x1a\x1c.chronoscore.v1.BetweenReply\x12\x41\n\x05\x43ount\x12\x1c.chronoscore.v1.CountRequest\x1a\x1a.chronoscore.v1.CountReply\x12\x45\n\x06Lookup\x12\x1d.chronoscore.v1.LookupRequest\x1a\x1c.chronoscore.v1.EntriesReply\x12\x41\n\x05Prune\x12\x1c.chronoscore.v1.PruneRequest\x1a\x1a.chronoscore.v1.PruneReply\x12M\n\x08\x44\x65scribe\x12\x1f.chronoscore.v1.DescribeRequest\x1a .chronoscore.v1.DescribeResponse\x12L\n\tFollowTop\x12 .chronoscore.v1.FollowTopRequest\x1a\x1b.chronoscore.v1.TopSnapshot0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hronoscore/v1/shard.proto\x12\x0e\x63hronoscore.v1\x1a chronoscore/v1/leaderboard.proto\"K\n\x0b\x42oardPeriod\x12\x10\n\x08\x62oard_id\x18\x01 \x01(\x03\x12\x17\n\x0fperiod_start_us\x18\x02 \x01(\x03\x12\x11\n\tascending\x18\x03 \x01(\x08\"\xce\x01\n\x0bShardUpdate\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x03\x12\'\n\x04mode\x18\x04 \x01(\x0e\x32\x19.chronoscore.v1.ScoreMode\x12\x15\n\x08metadata\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x12\n\narrived_us\x18\x07 \x01(\x03\x42\x0b\n\t_metadata\"P\n\x0c\x41pplyRequest\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.chronoscore.v1.ShardUpdate\x12\x12\n\narrived_us\x18\x02 \x01(\x03\">\n\rApplyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.chronoscore.v1.SubmitResult\"7\n\x12ShardRemoveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08\x62oard_id\x18\x02 \x01(\x03\"\x8a\x01\n\nShardEntry\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x03\x12\x12\n\nreached_us\x18\x04 \x01(\x03\x12\x10\n\x08metadata\x18\x05 \x01(\x0c\x12\x10\n\x08position\x18\x06 \x01(\x03\x12\x0e\n\x06\x62\x65tter\x18\x07 \x01(\x03\"Y\n\x0c\x45ntriesReply\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.chronoscore.v1.ShardEntry\x12\r\n\x05total\x18\x02 \x01(\x03\x12\r\n\x05\x61head\x18\x03 \x01(\x03\"\xa2\x01\n\x0cRangeRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12\r\n\x05start\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\x12-\n\x06\x61round\x18\x04 \x01(\x0b\x32\x18.chronoscore.v1.PositionH\x00\x88\x01\x01\x12\x0e\n\x06\x62\x65\x66ore\x18\x05 \x01(\x05\x42\t\n\x07_around\"\xaf\x01\n\x0e\x42\x65tweenRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12)\n\x02lo\x18\x02 \x01(\x0b\x32\x18.chronoscore.v1.PositionH\x00\x88\x01\x01\x12)\n\x02hi\x18\x03 \x01(\x0b\x32\x18.chronoscore.v1.PositionH\x01\x88\x01\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x42\x05\n\x03_loB\x05\n\x03_hi\"f\n\x0c\x42\x65tweenReply\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\x12+\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1a.chronoscore.v1.ShardEntry\x12\r\n\x05total\x18\x04 \x01(\x03\">\n\x08Position\x12\r\n\x05score\x18\x01 \x01(\x03\x12\x12\n\nreached_us\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"g\n\x0c\x43ountRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12+\n\tpositions\x18\x02 \x03(\x0b\x32\x18.chronoscore.v1.Position\"\'\n\x06\x43ounts\x12\r\n\x05\x61head\x18\x01 \x01(\x03\x12\x0e\n\x06\x62\x65tter\x18\x02 \x01(\x03\"C\n\nCountReply\x12&\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x16.chronoscore.v1.Counts\x12\r\n\x05total\x18\x02 \x01(\x03\"M\n\rLookupRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"G\n\x0cPruneRequest\x12\x10\n\x08\x62oard_id\x18\x01 \x01(\x03\x12\x11\n\tbefore_us\x18\x02 \x01(\x03\x12\x12\n\ndrop_board\x18\x03 \x01(\x08\"\x1d\n\nPruneReply\x12\x0f\n\x07removed\x18\x01 \x01(\x03\")\n\x0f\x44\x65scribeRequest\x12\x16\n\x0emeasure_memory\x18\x01 \x01(\x08\"j\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x05 \x01(\x03\x12\x13\n\x0bindex_bytes\x18\x06 \x01(\x03J\x04\x08\x02\x10\x03\"M\n\x10\x46ollowTopRequest\x12*\n\x05\x62oard\x18\x01 \x01(\x0b\x32\x1b.chronoscore.v1.BoardPeriod\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x86\x01\n\x0bTopSnapshot\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.chronoscore.v1.ShardEntry\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x14\n\x0cslots_digest\x18\x05 \x01(\t2\xef\x05\n\x0cShardService\x12\x44\n\x05\x41pply\x12\x1c.chronoscore.v1.ApplyRequest\x1a\x1d.chronoscore.v1.ApplyResponse\x12S\n\nUpsertUser\x12!.chronoscore.v1.UpsertUserRequest\x1a\".chronoscore.v1.UpsertUserResponse\x12L\n\x06Remove\x12\".chronoscore.v1.ShardRemoveRequest\x1a\x1e.chronoscore.v1.RemoveResponse\x12\x43\n\x05Range\x12\x1c.chronoscore.v1.RangeRequest\x1a\x1c.chronoscore.v1.EntriesReply\x12G\n\x07\x42\x65tween\x12\x1e.chronoscore.v1.BetweenRequest\x1a\x1c.chronoscore.v1.BetweenReply\x12\x41\n\x05\x43ount\x12\x1c.chronoscore.v1.CountRequest\x1a\x1a.chronoscore.v1.CountReply\x12\x45\n\x06Lookup\x12\x1d.chronoscore.v1.LookupRequest\x1a\x1c.chronoscore.v1.EntriesReply\x12\x41\n\x05Prune\x12\x1c.chronoscore.v1.PruneRequest\x1a\x1a.chronoscore.v1.PruneReply\x12M\n\x08\x44\x65scribe\x12\x1f.chronoscore.v1.DescribeRequest\x1a .chronoscore.v1.DescribeResponse\x12L\n\tFollowTop\x12 .chronoscore.v1.FollowTopRequest\x1a\x1b.chronoscore.v1.TopSnapshot0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,35 +46,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARDENTRY']._serialized_start=570
   _globals['_SHARDENTRY']._serialized_end=708
   _globals['_ENTRIESREPLY']._serialized_start=710
-  _globals['_ENTRIESREPLY']._serialized_end=784
-  _globals['_RANGEREQUEST']._serialized_start=786
-  _globals['_RANGEREQUEST']._serialized_end=874
-  _globals['_BETWEENREQUEST']._serialized_start=877
-  _globals['_BETWEENREQUEST']._serialized_end=1052
-  _globals['_BETWEENREPLY']._serialized_start=1054
-  _globals['_BETWEENREPLY']._serialized_end=1156
-  _globals['_POSITION']._serialized_start=1158
-  _globals['_POSITION']._serialized_end=1220
-  _globals['_COUNTREQUEST']._serialized_start=1222
-  _globals['_COUNTREQUEST']._serialized_end=1325
-  _globals['_COUNTS']._serialized_start=1327
-  _globals['_COUNTS']._serialized_end=1366
-  _globals['_COUNTREPLY']._serialized_start=1368
-  _globals['_COUNTREPLY']._serialized_end=1435
-  _globals['_LOOKUPREQUEST']._serialized_start=1437
-  _globals['_LOOKUPREQUEST']._serialized_end=1514
-  _globals['_PRUNEREQUEST']._serialized_start=1516
-  _globals['_PRUNEREQUEST']._serialized_end=1587
-  _globals['_PRUNEREPLY']._serialized_start=1589
-  _globals['_PRUNEREPLY']._serialized_end=1618
-  _globals['_DESCRIBEREQUEST']._serialized_start=1620
-  _globals['_DESCRIBEREQUEST']._serialized_end=1661
-  _globals['_DESCRIBERESPONSE']._serialized_start=1663
-  _globals['_DESCRIBERESPONSE']._serialized_end=1769
-  _globals['_FOLLOWTOPREQUEST']._serialized_start=1771
-  _globals['_FOLLOWTOPREQUEST']._serialized_end=1848
-  _globals['_TOPSNAPSHOT']._serialized_start=1851
-  _globals['_TOPSNAPSHOT']._serialized_end=1985
-  _globals['_SHARDSERVICE']._serialized_start=1988
-  _globals['_SHARDSERVICE']._serialized_end=2739
+  _globals['_ENTRIESREPLY']._serialized_end=799
+  _globals['_RANGEREQUEST']._serialized_start=802
+  _globals['_RANGEREQUEST']._serialized_end=964
+  _globals['_BETWEENREQUEST']._serialized_start=967
+  _globals['_BETWEENREQUEST']._serialized_end=1142
+  _globals['_BETWEENREPLY']._serialized_start=1144
+  _globals['_BETWEENREPLY']._serialized_end=1246
+  _globals['_POSITION']._serialized_start=1248
+  _globals['_POSITION']._serialized_end=1310
+  _globals['_COUNTREQUEST']._serialized_start=1312
+  _globals['_COUNTREQUEST']._serialized_end=1415
+  _globals['_COUNTS']._serialized_start=1417
+  _globals['_COUNTS']._serialized_end=1456
+  _globals['_COUNTREPLY']._serialized_start=1458
+  _globals['_COUNTREPLY']._serialized_end=1525
+  _globals['_LOOKUPREQUEST']._serialized_start=1527
+  _globals['_LOOKUPREQUEST']._serialized_end=1604
+  _globals['_PRUNEREQUEST']._serialized_start=1606
+  _globals['_PRUNEREQUEST']._serialized_end=1677
+  _globals['_PRUNEREPLY']._serialized_start=1679
+  _globals['_PRUNEREPLY']._serialized_end=1708
+  _globals['_DESCRIBEREQUEST']._serialized_start=1710
+  _globals['_DESCRIBEREQUEST']._serialized_end=1751
+  _globals['_DESCRIBERESPONSE']._serialized_start=1753
+  _globals['_DESCRIBERESPONSE']._serialized_end=1859
+  _globals['_FOLLOWTOPREQUEST']._serialized_start=1861
+  _globals['_FOLLOWTOPREQUEST']._serialized_end=1938
+  _globals['_TOPSNAPSHOT']._serialized_start=1941
+  _globals['_TOPSNAPSHOT']._serialized_end=2075
+  _globals['_SHARDSERVICE']._serialized_start=2078
+  _globals['_SHARDSERVICE']._serialized_end=2829
 # @@protoc_insertion_point(module_scope)

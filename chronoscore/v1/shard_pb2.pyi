@@ -77,22 +77,28 @@ class ShardEntry(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., score: _Optional[int] = ..., reached_us: _Optional[int] = ..., metadata: _Optional[bytes] = ..., position: _Optional[int] = ..., better: _Optional[int] = ...) -> None: ...
 
 class EntriesReply(_message.Message):
-    __slots__ = ("entries", "total")
+    __slots__ = ("entries", "total", "ahead")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[ShardEntry]
     total: int
-    def __init__(self, entries: _Optional[_Iterable[_Union[ShardEntry, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+    ahead: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[ShardEntry, _Mapping]]] = ..., total: _Optional[int] = ..., ahead: _Optional[int] = ...) -> None: ...
 
 class RangeRequest(_message.Message):
-    __slots__ = ("board", "start", "limit")
+    __slots__ = ("board", "start", "limit", "around", "before")
     BOARD_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AROUND_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
     board: BoardPeriod
     start: int
     limit: int
-    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., start: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    around: Position
+    before: int
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., start: _Optional[int] = ..., limit: _Optional[int] = ..., around: _Optional[_Union[Position, _Mapping]] = ..., before: _Optional[int] = ...) -> None: ...
 
 class BetweenRequest(_message.Message):
     __slots__ = ("board", "lo", "hi", "count")
