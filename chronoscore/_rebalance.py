@@ -98,7 +98,10 @@ async def rebalance(
         if add is not None:
             members.add(add)
         if remove is not None:
-            if remove not in members:
+            # A removal cut off after the members changed resumes: the
+            # shard still owns slots that are waiting to move.
+            still_owns = remove in placement.owners
+            if remove not in members and not still_owns:
                 raise FailedPrecondition(
                     f"shard {remove!r} is not a member; members are"
                     f" {', '.join(placement.members)}"
