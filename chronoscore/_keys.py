@@ -23,6 +23,8 @@ float.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "SCORE_MIN",
     "SCORE_MAX",
@@ -32,6 +34,8 @@ __all__ = [
     "rank_score",
     "prefix",
     "make_key",
+    "make_keys",
+    "with_tie",
     "key_prefix",
     "key_handle",
     "key_score",
@@ -82,6 +86,34 @@ def make_key(
     """An index key; ``tie`` and ``handle`` must be below their limits."""
     low = (tie << _HANDLE_BITS) | handle
     return (prefix(score, reached_us, ascending) << _LOW_BITS) | low
+
+
+def make_keys(
+    scores: Sequence[int], reached: Sequence[int], ascending: bool
+) -> list[int]:
+    """Keys with tie 0 and handle i for the i-th (score, reached_us). O(n).
+
+    The same keys as :func:`make_key` builds one at a time, for loading
+    whole indexes.
+    """
+    if len(scores) != len(reached):
+        raise ValueError("scores and reached differ in length")
+    if len(scores) > HANDLE_LIMIT:
+        raise OverflowError(f"an index holds at most {HANDLE_LIMIT} users")
+    if ascending:
+        return [
+            ((s - SCORE_MIN) << _REACHED_BITS | r) << _LOW_BITS | i
+            for i, (s, r) in enumerate(zip(scores, reached, strict=True))
+        ]
+    return [
+        ((SCORE_MAX - s) << _REACHED_BITS | r) << _LOW_BITS | i
+        for i, (s, r) in enumerate(zip(scores, reached, strict=True))
+    ]
+
+
+def with_tie(key: int, tie: int) -> int:
+    """``key`` with its tie field set to ``tie``."""
+    return key & ~((TIE_LIMIT - 1) << _HANDLE_BITS) | tie << _HANDLE_BITS
 
 
 def key_prefix(key: int) -> int:

@@ -12,7 +12,8 @@ at start, and changes it only after PostgreSQL has committed them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
@@ -51,31 +52,51 @@ class LeaderboardIndex:
             self.upsert(*entry)
 
     @classmethod
-    def from_sorted(
+    def from_entries(
         cls,
         entries: Iterable[IndexEntry],
         *,
         ascending: bool = False,
         metadata: dict[str, bytes] | None = None,
     ) -> LeaderboardIndex:
-        """Build from entries already in rank order. O(n)."""
+        """Build from entries in any order. O(n log n)."""
+        users: list[str] = []
+        scores: list[int] = []
+        reached: list[int] = []
+        for user_id, score, reached_us in entries:
+            users.append(user_id)
+            scores.append(score)
+            reached.append(reached_us)
+        return cls.from_columns(
+            users, scores, reached, ascending=ascending, metadata=metadata
+        )
+
+    @classmethod
+    def from_columns(
+        cls,
+        users: Sequence[str],
+        scores: Sequence[int],
+        reached: Sequence[int],
+        *,
+        ascending: bool = False,
+        metadata: dict[str, bytes] | None = None,
+    ) -> LeaderboardIndex:
+        """Build from the i-th user's score and ``reached_us``, in any
+        order. O(n log n).
+
+        Raises ValueError if a user appears twice, and OverflowError if
+        more than TIE_LIMIT entries share one score and time.
+        """
         index = cls(ascending=ascending)
         index._metadata = metadata or {}
-        keys = []
-        last_prefix = -1
-        tie = 0
-        for user_id, score, reached_us in entries:
-            current = _keys.prefix(score, reached_us, ascending)
-            tie = tie + 1 if current == last_prefix else 0
-            last_prefix = current
-            if tie >= _keys.TIE_LIMIT:
-                raise OverflowError(
-                    f"more than {_keys.TIE_LIMIT} entries share one score and time"
-                )
-            handle = index._new_handle(user_id)
-            key = _keys.make_key(score, reached_us, tie, handle, ascending)
-            index._by_user[user_id] = key
-            keys.append(key)
+        keys = _keys.make_keys(scores, reached, ascending)
+        prefixes = [_keys.key_prefix(key) for key in keys]
+        if len(set(prefixes)) < len(prefixes):
+            _number_ties(keys, prefixes, users)
+        index._users = list(users)
+        index._by_user = dict(zip(users, keys, strict=True))
+        if len(index._by_user) != len(users):
+            raise ValueError("a user appears twice in one index")
         index._keys.update(keys)
         return index
 
@@ -274,3 +295,20 @@ class LeaderboardIndex:
             for e in map(self._entry, self._keys)
         ]
         assert all(a < b for a, b in zip(order, order[1:], strict=False))
+
+
+def _number_ties(keys: list[int], prefixes: list[int], users: Sequence[str]) -> None:
+    """Set the tie field of keys that share a prefix, in user id order."""
+    shared = {prefix for prefix, count in Counter(prefixes).items() if count > 1}
+    runs: defaultdict[int, list[int]] = defaultdict(list)
+    for i, prefix in enumerate(prefixes):
+        if prefix in shared:
+            runs[prefix].append(i)
+    for run in runs.values():
+        if len(run) > _keys.TIE_LIMIT:
+            raise OverflowError(
+                f"more than {_keys.TIE_LIMIT} entries share one score and time"
+            )
+        run.sort(key=users.__getitem__)
+        for tie, i in enumerate(run):
+            keys[i] = _keys.with_tie(keys[i], tie)

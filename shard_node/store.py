@@ -18,7 +18,7 @@ from chronoscore._db import is_unavailable, make_pool
 from chronoscore._schema import migrate
 from chronoscore.errors import FailedPrecondition
 
-from .index import IndexEntry, LeaderboardIndex
+from .index import LeaderboardIndex
 
 __all__ = [
     "Store",
@@ -74,18 +74,15 @@ _FIND_REQUESTS = """
 """
 
 # Rows of deleted leaderboards have no catalog row and are not loaded.
+# Unordered: the shard sorts in memory, which is far cheaper than a sort
+# in PostgreSQL.
 _LOAD_SCORES = """
-    COPY (
-        SELECT s.board_id, s.period_start_us, b.ascending,
-               s.user_id, s.score, s.reached_us, s.metadata
-        FROM user_score s JOIN leaderboards b ON b.id = s.board_id
-        WHERE s.slot = ANY(%s)
-        ORDER BY s.board_id, s.period_start_us,
-                 CASE WHEN b.ascending THEN s.score END,
-                 CASE WHEN NOT b.ascending THEN s.score END DESC,
-                 s.reached_us, s.user_id
-    ) TO STDOUT (FORMAT BINARY)
+    SELECT s.board_id, s.period_start_us, b.ascending,
+           s.user_id, s.score, s.reached_us, s.metadata
+    FROM user_score s JOIN leaderboards b ON b.id = s.board_id
+    WHERE s.slot = ANY(%s)
 """
+_LOAD_CHUNK = 50_000
 
 
 class Superseded(Exception):
@@ -161,6 +158,17 @@ class Batch:
 
 
 @dataclass(slots=True)
+class _Columns:
+    """One leaderboard period's rows as they arrive."""
+
+    ascending: bool
+    users: list[str] = field(default_factory=list)
+    scores: list[int] = field(default_factory=list)
+    reached: list[int] = field(default_factory=list)
+    metadata: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Snapshot:
     """Everything a shard holds in memory, as loaded at start."""
 
@@ -189,41 +197,39 @@ class Store:
 
     async def load(self, slots: Sequence[int]) -> Snapshot:
         """Read every score and profile in ``slots``."""
-        indexes: dict[BoardKey, LeaderboardIndex] = {}
+        loading: dict[BoardKey, _Columns] = {}
         last_reached = 0
         async with self._pool.connection() as conn:
-            async with conn.cursor().copy(_LOAD_SCORES, [list(slots)]) as copy:
-                copy.set_types(
-                    ["int8", "int8", "bool", "text", "int8", "int8", "bytea"]
-                )
-                board: BoardKey | None = None
-                ascending = False
-                run: list[IndexEntry] = []
-                metadata: dict[str, bytes] = {}
-
-                def flush() -> None:
-                    if board is not None:
-                        indexes[board] = LeaderboardIndex.from_sorted(
-                            run, ascending=ascending, metadata=metadata
-                        )
-
-                async for row in copy.rows():
-                    board_id, period, asc, user, score, reached, meta = row
-                    if (board_id, period) != board:
-                        flush()
-                        board, ascending = (board_id, period), asc
-                        run, metadata = [], {}
-                    run.append(IndexEntry(user, score, reached))
-                    if meta:
-                        metadata[user] = bytes(meta)
-                    last_reached = max(last_reached, reached)
-                flush()
-
-            cur = await conn.execute(
+            async with conn.cursor("load", binary=True) as cur:
+                await cur.execute(_LOAD_SCORES, [list(slots)])
+                while rows := await cur.fetchmany(_LOAD_CHUNK):
+                    for board_id, period, asc, user, score, reached, meta in rows:
+                        board = (board_id, period)
+                        columns = loading.get(board)
+                        if columns is None:
+                            columns = loading[board] = _Columns(asc)
+                        columns.users.append(user)
+                        columns.scores.append(score)
+                        columns.reached.append(reached)
+                        if meta:
+                            columns.metadata[user] = bytes(meta)
+                        if reached > last_reached:
+                            last_reached = reached
+            found = await conn.execute(
                 "SELECT user_id, display_name FROM users WHERE slot = ANY(%s)",
                 [list(slots)],
             )
-            profiles = {user: name for user, name in await cur.fetchall()}
+            profiles = {user: name for user, name in await found.fetchall()}
+        indexes = {
+            board: LeaderboardIndex.from_columns(
+                c.users,
+                c.scores,
+                c.reached,
+                ascending=c.ascending,
+                metadata=c.metadata,
+            )
+            for board, c in loading.items()
+        }
         return Snapshot(indexes, profiles, last_reached)
 
     async def bootstrap(self, ring: Sequence[str]) -> None:

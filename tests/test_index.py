@@ -135,10 +135,10 @@ def test_top_and_iteration_follow_rank_order() -> None:
     assert list(index) == expected
 
 
-def test_from_sorted_then_later_changes() -> None:
+def test_from_entries_then_later_changes() -> None:
     raw = [("x", 5, 2), ("y", 1, 1), ("w", 5, 2)] + [(u, 5, 2) for u in ODD_USERS]
     entries = rank_order(IndexEntry(*entry) for entry in raw)
-    index = LeaderboardIndex.from_sorted(entries)
+    index = LeaderboardIndex.from_entries(entries)
     index._check()
 
     assert list(index) == entries
@@ -147,7 +147,7 @@ def test_from_sorted_then_later_changes() -> None:
     for rank, entry in enumerate(entries):
         assert index.rank_of(entry.user_id) == rank
 
-    # Later upserts must renumber the tie run from_sorted wrote.
+    # Later upserts must renumber the tie run from_entries wrote.
     upsert(index, "c", 5, 2)
     upsert(index, "y", 5, 2)
     assert remove(index, "w")
@@ -155,7 +155,16 @@ def test_from_sorted_then_later_changes() -> None:
     model |= {"c": IndexEntry("c", 5, 2), "y": IndexEntry("y", 5, 2)}
     assert list(index) == rank_order(model.values())
 
-    assert len(LeaderboardIndex.from_sorted([])) == 0
+    assert len(LeaderboardIndex.from_entries([])) == 0
+
+    # Any order builds the same index, ties numbered by user id.
+    shuffled = list(entries)
+    random.Random(4).shuffle(shuffled)
+    index = LeaderboardIndex.from_entries(shuffled)
+    index._check()
+    assert list(index) == entries
+    with pytest.raises(ValueError, match="twice"):
+        LeaderboardIndex.from_entries([*entries, entries[0]])
 
 
 def test_scores_zero_and_negative() -> None:
@@ -181,7 +190,7 @@ def test_int64_extreme_scores_and_times() -> None:
         assert index.get(user) == IndexEntry(user, score, reached)
     assert index.count_ahead(SCORE_MAX, 0, "") == 0
     assert index.count_ahead(SCORE_MIN, 1, "a") == 6
-    assert list(LeaderboardIndex.from_sorted(index)) == list(index)
+    assert list(LeaderboardIndex.from_entries(index)) == list(index)
 
     upsert(index, "max", SCORE_MIN, REACHED_MAX)
     assert users(index)[-2:] == ["max", "min-late"]
@@ -273,12 +282,12 @@ def test_handles_are_reused_after_remove() -> None:
 
 def full_tie_run(*extra: IndexEntry) -> Index:
     run = [IndexEntry(f"u{i:05d}", 5, 7) for i in range(TIE_LIMIT)]
-    index = LeaderboardIndex.from_sorted([*run, *extra])
+    index = LeaderboardIndex.from_entries([*run, *extra])
     index._check()
     return index
 
 
-def test_from_sorted_rejects_an_overlong_tie_run() -> None:
+def test_from_entries_rejects_an_overlong_tie_run() -> None:
     assert len(full_tie_run()) == TIE_LIMIT
     with pytest.raises(OverflowError):
         full_tie_run(IndexEntry("u99999", 5, 7))
@@ -335,7 +344,7 @@ def step(index: Index, model: Model, rng: Rng) -> Index:
         expected = IndexEntry(user, *model[user]) if user in model else None
         assert index.get(user) == expected
     else:
-        index = LeaderboardIndex.from_sorted(index)
+        index = LeaderboardIndex.from_entries(index)
         index._check()
     return index
 
