@@ -19,7 +19,9 @@ import collections
 import itertools
 import json
 import random
+import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +32,8 @@ from chronoscore import Client, Update
 from chronoscore._cluster import LocalCluster, embedded_postgres
 
 OUT = Path(__file__).parent / "results"
+# py-spy installs beside the interpreter, which need not be on PATH.
+PY_SPY = shutil.which("py-spy", path=Path(sys.executable).parent) or "py-spy"
 BOARD = "profile"
 
 
@@ -102,7 +106,7 @@ def profile(args: argparse.Namespace, dsn: str) -> None:
         }
         spies = [
             subprocess.Popen(
-                ["py-spy", "record", "--nonblocking", "-f", "speedscope"]
+                [PY_SPY, "record", "--nonblocking", "-f", "speedscope"]
                 + ["-d", str(args.seconds), "-p", str(pid)]
                 + ["-o", str(OUT / f"profile-{args.call}-{name}.json")],
                 stdout=subprocess.DEVNULL,

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._keys import SCORE_MAX, SCORE_MIN
 from ._security import TlsFiles, channel_credentials
@@ -198,6 +199,7 @@ class Client:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = _grpc.LeaderboardServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -212,6 +214,14 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def ready(self) -> bool:
+        """Whether the coordinator answers and reports itself serving."""
+        try:
+            reply = self._call(self._health.Check, health_pb2.HealthCheckRequest())
+        except Unavailable:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     # Leaderboards
 

@@ -278,23 +278,29 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
 
         async def read() -> _pb.EntriesResponse:
             reader, period = await self._reader(request.leaderboard, request.period)
-            ranked, total = await self._top(reader, limit)
-            return _pb.EntriesResponse(
-                entries=to_entries(reader.board, ranked, 1),
-                total=total,
-                period=period,
-            )
+            top = await self.tops.top(reader.period, limit)
+            if top is None:
+                ranked, total = await reader.top(limit)
+                return _entries_reply(reader.board, ranked, total, period)
+            # Until the next push, every GetTop of this period and limit
+            # gets the same reply.
+            key = (limit, reader.board, period.label)
+            reply = top.memo.get(key)
+            if not isinstance(reply, _pb.EntriesResponse):
+                ranked = [Ranked(e, i) for i, e in enumerate(top.entries[:limit])]
+                reply = _entries_reply(reader.board, ranked, top.total, period)
+                top.memo[key] = reply
+            return reply
 
         return await self._settled(read)
 
     async def _top(self, reader: Reader, limit: int) -> tuple[list[Ranked], int]:
         """From the shards' pushed lists if they can answer, else from
         every shard (see coordinator.tops)."""
-        pushed = await self.tops.top(reader.period, limit)
-        if pushed is None:
+        top = await self.tops.top(reader.period, limit)
+        if top is None:
             return await reader.top(limit)
-        entries, total = pushed
-        return [Ranked(e, i) for i, e in enumerate(entries)], total
+        return [Ranked(e, i) for i, e in enumerate(top.entries[:limit])], top.total
 
     @rpc
     async def GetRank(
@@ -490,3 +496,11 @@ def _list_ranks(board: Board, ranked: list[tuple[Ranked, int]]) -> list[int]:
         same = i > 0 and ranked[i - 1][0].entry.score == item.entry.score
         places.append(places[-1] if board.shared_ranks and same else i + 1)
     return places
+
+
+def _entries_reply(
+    board: Board, ranked: list[Ranked], total: int, period: _pb.Period
+) -> _pb.EntriesResponse:
+    return _pb.EntriesResponse(
+        entries=to_entries(board, ranked, 1), total=total, period=period
+    )

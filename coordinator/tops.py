@@ -43,7 +43,7 @@ from chronoscore.v1 import shard_pb2 as _shard_pb
 from .queries import merge
 from .shards import ShardClients
 
-__all__ = ["FOLLOWED", "Tops"]
+__all__ = ["FOLLOWED", "Top", "Tops"]
 
 logger = logging.getLogger("chronoscore.coordinator")
 
@@ -66,6 +66,18 @@ class _Pushed:
     digest: str
 
 
+@dataclass(slots=True)
+class Top:
+    """The merged pushed lists of one period under one placement."""
+
+    version: int
+    entries: list[_shard_pb.ShardEntry]
+    total: int
+    # Whatever callers derive from this top (finished replies, say),
+    # kept as long as it is current.
+    memo: dict[object, object] = field(default_factory=dict)
+
+
 @dataclass
 class _Followed:
     period: _shard_pb.BoardPeriod
@@ -75,7 +87,7 @@ class _Followed:
     # Set, and replaced, on every push.
     pushed_event: asyncio.Event = field(default_factory=asyncio.Event)
     # The merge of `pushed` for one placement version, until a push.
-    merged: tuple[int, list[_shard_pb.ShardEntry], int] | None = None
+    merged: Top | None = None
 
     def push(self, shard: str, pushed: _Pushed | None) -> None:
         if pushed is None:
@@ -95,12 +107,10 @@ class Tops:
         self._followed: dict[Key, _Followed] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def top(
-        self, period: _shard_pb.BoardPeriod, limit: int
-    ) -> tuple[list[_shard_pb.ShardEntry], int] | None:
-        """The first ``limit`` entries and the total from pushed lists, or
-        None when they cannot answer now and the caller must ask the
-        shards. O(s + limit) for s shards once merged."""
+    async def top(self, period: _shard_pb.BoardPeriod, limit: int) -> Top | None:
+        """The merged pushed lists, holding at least the first ``limit``
+        entries, or None when they cannot answer now and the caller must
+        ask the shards. O(s) for s shards once merged."""
         if limit > FOLLOWED:
             return None
         if self._sweeper is None:
@@ -135,7 +145,7 @@ class Tops:
 
     def _answer(
         self, followed: _Followed, placement: Placement, limit: int
-    ) -> tuple[list[_shard_pb.ShardEntry], int] | None:
+    ) -> Top | None:
         written = self.shards.written
         for name in placement.holders:
             pushed = followed.pushed.get(name)
@@ -146,12 +156,12 @@ class Tops:
             ):
                 return None
         merged = followed.merged
-        if merged is None or merged[0] != placement.version:
+        if merged is None or merged.version != placement.version:
             lists = [followed.pushed[n].entries for n in placement.holders]
             total = sum(followed.pushed[n].total for n in placement.holders)
             entries = merge(lists, followed.period.ascending)[:FOLLOWED]
-            merged = followed.merged = (placement.version, entries, total)
-        return merged[1][:limit], merged[2]
+            merged = followed.merged = Top(placement.version, entries, total)
+        return merged
 
     def _follow_holders(self, followed: _Followed, placement: Placement) -> None:
         for name in placement.holders:
