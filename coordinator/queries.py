@@ -21,6 +21,7 @@ from itertools import islice
 from typing import Any
 
 from chronoscore._keys import sort_key
+from chronoscore._validate import MAX_LIMIT
 from chronoscore.errors import NotFound, Unavailable
 from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import shard_pb2 as _shard_pb
@@ -37,6 +38,11 @@ _MORE_COUNT = 128
 
 # Pages that end within this many entries are cut from merged top lists.
 _SHALLOW = 256
+
+# The search ends once an entry's global position is known to within
+# this many places before the page: then each shard sends the page plus
+# that slack after it, in one last call.
+_SLACK = 256
 
 # The search ends in three rounds or so unless writes keep moving the
 # entries; then it gives up with Moved.
@@ -221,8 +227,11 @@ class Reader:
         surely at or before ``offset`` to the first surely at or after the
         page's end. With s shards of n entries, the first round leaves a
         range of about 2 s n / 256 entries, the next of 2 s / 128 of that
-        plus the page, so a million entries take three rounds, each
-        O(count log n) on a shard, whatever the offset.
+        plus the page. Once some entry surely at or before ``offset`` is
+        known to lie at most 256 places before it, one last round asks
+        each shard for the page's length plus that gap from the entry on,
+        and the merge holds the page. A million entries take three
+        rounds, each O(count log n) on a shard, whatever the offset.
         """
         if offset + limit <= _SHALLOW:
             ranked, total = await self._slice(self._from_start(), 0, offset + limit)
@@ -240,7 +249,8 @@ class Reader:
         hint = self.sketches.get(key)
         if hint is not None and offset < sum(r.total for r in hint):
             want = min(offset + limit, sum(r.total for r in hint))
-            lo, hi = _narrow(hint, offset, want, ascending, lo, hi)
+            hinted = _narrow(hint, offset, want, ascending, lo, hi)
+            lo, hi = hinted.lo, hinted.hi
             count = limit + _MORE_COUNT
         for _ in range(_MAX_ROUNDS):
             replies = list((await self._between(lo, hi, count)).values())
@@ -261,9 +271,48 @@ class Reader:
                 merged = merge([list(r.entries) for r in replies], ascending)
                 page = merged[offset - start : offset - start + limit]
                 return [Ranked(e, offset + i) for i, e in enumerate(page)], total
-            lo, hi = _narrow(replies, offset, want, ascending, lo, hi)
+            narrowed = _narrow(replies, offset, want, ascending, lo, hi)
+            # The range's own start has an exact global position too.
+            anchor, least = lo, start
+            if narrowed.anchor is not None and narrowed.anchor[1] > start:
+                anchor, least = narrowed.anchor
+            length = offset - least + limit
+            if length <= min(limit + _SLACK, MAX_LIMIT):
+                found = await self._after(anchor, offset, limit, length)
+                if found is not None:
+                    return found
+                lo = hi = None
+                count = _FIRST_COUNT
+                continue
+            lo, hi = narrowed.lo, narrowed.hi
             count = limit + _MORE_COUNT
         raise Moved("writes kept moving entries while the page was found; try again")
+
+    async def _after(
+        self,
+        anchor: _shard_pb.Position | None,
+        offset: int,
+        limit: int,
+        length: int,
+    ) -> tuple[list[Ranked], int] | None:
+        """The page, from ``length`` entries at and after ``anchor`` on
+        every shard; None if writes moved the anchor too far from
+        ``offset`` since it was chosen."""
+        request = _shard_pb.RangeRequest(board=self.period, limit=length)
+        if anchor is not None:
+            request.around.CopyFrom(anchor)
+        replies = list((await self._each("Range", request)).values())
+        at = sum(r.ahead for r in replies)
+        total = sum(r.total for r in replies)
+        if offset >= total:
+            return [], total
+        # Every shard sent `length` entries or all it has after the anchor,
+        # so the first `length` merged entries are the global ones.
+        if not at <= offset <= at + length - limit:
+            return None
+        merged = merge([list(r.entries) for r in replies], self.board.ascending)
+        page = merged[offset - at : offset - at + limit]
+        return [Ranked(e, offset + i) for i, e in enumerate(page)], total
 
     async def _between(
         self,
@@ -399,6 +448,15 @@ class Reader:
         return {name: list(r.entries) for name, r in replies.items()}, total
 
 
+@dataclass(slots=True)
+class _Narrowed:
+    lo: _shard_pb.Position | None
+    hi: _shard_pb.Position | None
+    # The sent entry surely at or before the page's start whose global
+    # position is known best, with the least that position can be.
+    anchor: tuple[_shard_pb.Position, int] | None
+
+
 def _narrow(
     replies: list[_shard_pb.BetweenReply],
     offset: int,
@@ -406,7 +464,7 @@ def _narrow(
     ascending: bool,
     lo: _shard_pb.Position | None,
     hi: _shard_pb.Position | None,
-) -> tuple[_shard_pb.Position | None, _shard_pb.Position | None]:
+) -> _Narrowed:
     """A narrower range that still holds global positions [offset, want).
 
     See :meth:`Reader.page`. Bounds grow with an entry's place, so each
@@ -443,13 +501,17 @@ def _narrow(
         k = _first_true(n, partial(lambda j, k: bounds(j, k)[0] >= want, j))
         if k < n:
             highs.append((shard_keys[k], j, k))
+    anchor = None
     if lows:
         _, j, k = max(lows)
         lo = _position(replies[j].entries[k])
+        least = max(bounds(j, k)[0] for _, j, k in lows)
+        _, j, k = next(low for low in lows if bounds(low[1], low[2])[0] == least)
+        anchor = (_position(replies[j].entries[k]), least)
     if highs:
         _, j, k = min(highs)
         hi = _position(replies[j].entries[k])
-    return lo, hi
+    return _Narrowed(lo, hi, anchor)
 
 
 def _first_true(n: int, test: Callable[[int], bool]) -> int:
