@@ -65,7 +65,7 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     # Coordinators ping the shards' long-lived FollowTop streams every
     # 10 s to notice a shard whose host vanished; let them.
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
 ]
 
 logger = logging.getLogger("chronoscore.server")

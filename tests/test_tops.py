@@ -143,3 +143,34 @@ def test_a_draining_shard_ends_its_streams_at_once(
     started = time.monotonic()
     assert cluster.kill(victim, signal.SIGTERM) == 0
     assert time.monotonic() - started < 8
+
+
+def test_idle_top_streams_stay_open(dsn: str, tmp_path: Path) -> None:
+    """The coordinator pings its idle FollowTop streams every 10 s; the
+    shards must accept those pings rather than close the connection."""
+    port = _free_port()
+    logs = tmp_path / "logs"
+    with (
+        LocalCluster(
+            dsn, 2, workdir=tmp_path, log_dir=logs, metrics_ports={"coordinator": port}
+        ) as cluster,
+        Client(cluster.target, timeout=30) as client,
+    ):
+        client.create_leaderboard(BOARD)
+        client.submit_score(BOARD, "idle", 5)
+        deadline = time.monotonic() + 15
+        while not _top_reads(port).get("pushed") and time.monotonic() < deadline:
+            client.top(BOARD, 1)
+            time.sleep(0.05)
+        assert _top_reads(port).get("pushed")
+        # Past the two strikes a shard allows for pings it thinks too
+        # frequent (three pings, 10 s apart).
+        time.sleep(36)
+        assert [e.user_id for e in client.top(BOARD, 1).entries] == ["idle"]
+    complaints = [
+        line
+        for log in logs.glob("*.log")
+        for line in log.read_text(errors="replace").splitlines()
+        if "too_many_pings" in line or "GOAWAY" in line
+    ]
+    assert complaints == []
