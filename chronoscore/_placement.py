@@ -189,7 +189,9 @@ async def bootstrap(conn: AsyncConnection, names: Iterable[str]) -> bool:
         if row is not None:
             if tuple(sorted(row[0])) != ring.shards:
                 logger.info(
-                    "the database's ring members are %s; ignoring the given %s",
+                    "the database's ring members are %s, not the given %s;"
+                    " the database's placement holds until `chronoscore cluster`"
+                    " changes it",
                     ",".join(sorted(row[0])),
                     ",".join(ring.shards),
                 )

@@ -209,13 +209,34 @@ def _parser() -> argparse.ArgumentParser:
     compare = benches.add_parser(
         "compare", help="ChronoScore, Redis and plain PostgreSQL side by side"
     )
-    compare.add_argument("--users", type=_positive, default=100_000)
-    compare.add_argument("--clients", type=_positive, default=2)
-    compare.add_argument("--shards", type=_positive, default=4)
-    compare.add_argument("--calls", type=_positive, default=2000)
+    compare.add_argument(
+        "--users", type=_positive, default=100_000, help="users in the workload"
+    )
+    compare.add_argument(
+        "--clients",
+        type=_positive,
+        default=2,
+        help="client processes for batched ingest, the same for every system",
+    )
+    compare.add_argument(
+        "--shards", type=_positive, default=4, help="ChronoScore shards"
+    )
+    compare.add_argument(
+        "--calls", type=_positive, default=2000, help="calls timed per read kind"
+    )
     _dsn_argument(compare)
-    compare.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
-    compare.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    compare.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/15",
+        help='Redis to compare with; its key "bench" is replaced',
+    )
+    compare.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results"),
+        help="where the JSON and chart go; its earlier results feed the"
+        " scaling targets (default: benchmarks/results)",
+    )
     compare.add_argument(
         "--systems",
         type=_systems,
@@ -587,7 +608,10 @@ def _friends(args: argparse.Namespace) -> None:
             }
         )
         return
-    print_entries(args.leaderboard, found.entries, found.total, found.list_ranks)
+    title = args.leaderboard + (
+        f" ({found.period.label})" if found.period.label else ""
+    )
+    print_entries(title, found.entries, found.total, found.list_ranks)
     if found.missing:
         console.print(f"no entry: {', '.join(found.missing)}", markup=False)
 
@@ -672,6 +696,13 @@ def _up(args: argparse.Namespace) -> None:
         stack.callback(cluster.stop)
         cluster.start()
         _join(dsn, cluster.names)
+        if len(cluster.names) > args.shards:
+            console.print(
+                f"this cluster already has {len(cluster.names)} shards; --shards"
+                f" {args.shards} removes none (`chronoscore cluster remove-shard"
+                " NAME --dsn DSN` does)",
+                markup=False,
+            )
         if args.host in ("127.0.0.1", "localhost", "::1"):
             console.print("insecure local mode: plaintext gRPC on loopback only")
         else:
@@ -748,14 +779,17 @@ def _bench_compare(args: argparse.Namespace) -> None:
     if args.json:
         _print_json({"targets": [list(t) for t in met]})
         return
+    # Tables this wide are unreadable wrapped; let a narrow terminal
+    # cut lines instead.
+    wide = Console(highlight=False, width=max(console.width, 150))
     if "chronoscore" in settings.systems:
-        render(reports, console)
+        render(reports, wide)
     table = Table(title="targets", title_justify="left")
     for column in ("target", "measured", "met"):
         table.add_column(column)
     for target, measured, ok in met:
-        table.add_row(target, measured, "yes" if ok else "NO")
-    console.print(table)
+        table.add_row(target, measured, "n/a" if ok is None else "yes" if ok else "NO")
+    wide.print(table)
     console.print(f"results in {args.out}", markup=False)
 
 
@@ -838,7 +872,7 @@ def print_entries(
     total: int | None = None,
     places: list[int] | None = None,
 ) -> None:
-    caption = None if total is None else _entries(total)
+    caption = None if total is None else f"{len(entries):,} of {_entries(total)}"
     table = Table(title=title, title_justify="left", caption=caption)
     if places is not None:
         table.add_column("place", justify="right")

@@ -55,6 +55,10 @@ def test_submit_top_rank_user(cluster: LocalCluster) -> None:
 
     human = _run("top", "chess", *target).stdout
     assert "Ada Lovelace" in human and "1350" in human
+    assert "2 of 2 entries" in human
+    # Past the end: no rows, and the footer says so.
+    beyond = _run("page", "chess", "5", *target).stdout
+    assert "0 of 2 entries" in beyond
 
 
 @pytest.mark.parametrize(
@@ -179,6 +183,15 @@ def test_up_keeps_scores_in_its_data_dir(tmp_path: Path) -> None:
         assert "4 shards" in lines[-1]
         rank = _json("rank", "chess", "p0", *target)
         assert (rank["score"], rank["rank"], rank["total"]) == (1000, 200, 200)
+    finally:
+        _interrupt(proc)
+
+    # A smaller --shards removes nothing, and says so.
+    proc, lines = _up(tmp_path / "data", port, shards=2)
+    try:
+        assert any("already has 4 shards" in line for line in lines), lines
+        assert "4 shards" in lines[-1]
+        assert _json("rank", "chess", "p0", *target)["total"] == 200
     finally:
         _interrupt(proc)
 
