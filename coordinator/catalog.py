@@ -25,6 +25,7 @@ from chronoscore import _periods
 from chronoscore._db import is_unavailable, make_pool
 from chronoscore._periods import Period, Reset
 from chronoscore._schema import migrate
+from chronoscore._server import remaining
 from chronoscore._validate import check_leaderboard
 from chronoscore.errors import (
     AlreadyExists,
@@ -164,9 +165,12 @@ class Catalog:
 
     def __init__(self, dsn: str, *, ttl: float = 5.0, timeout: float = 5.0):
         self.ttl = ttl
+        self.timeout = timeout
         self._pool = make_pool(dsn, "chronoscore-catalog", max_size=4, timeout=timeout)
         self._cache: dict[str, tuple[float, Board]] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
+        # Whether the cache has held every leaderboard since a full list.
+        self._listed = False
 
     async def open(self) -> None:
         await self._pool.open(wait=True, timeout=30)
@@ -213,7 +217,8 @@ class Catalog:
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
         """A pooled connection; Unavailable if PostgreSQL cannot be reached."""
         try:
-            async with self._pool.connection() as conn:
+            # No longer than the caller's deadline allows.
+            async with self._pool.connection(timeout=remaining(self.timeout)) as conn:
                 yield conn
         except Exception as exc:
             if not is_unavailable(exc):
@@ -277,13 +282,37 @@ class Catalog:
         return board
 
     async def list(self) -> list[Board]:
+        """Every leaderboard; while PostgreSQL is down, the last known
+        list, if this coordinator has read one."""
+        try:
+            async with self._connection() as conn:
+                cur = await conn.execute(
+                    f"SELECT {_COLUMNS} FROM leaderboards ORDER BY name"
+                )
+                rows = await cur.fetchall()
+        except Unavailable:
+            if not self._listed:
+                raise
+            return [board for _, board in sorted(self._cache.values(), key=_name)]
+        boards = [Board(*row) for row in rows]
+        self._cache = {board.name: (time.monotonic(), board) for board in boards}
+        self._listed = True
+        return boards
+
+    async def clock_us(self) -> int:
+        """PostgreSQL's clock, in microseconds since the Unix epoch."""
         async with self._connection() as conn:
             cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM leaderboards ORDER BY name"
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint"
             )
-            rows = await cur.fetchall()
-        return [self._remember(Board(*row)) for row in rows]
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
     def _remember(self, board: Board) -> Board:
         self._cache[board.name] = (time.monotonic(), board)
         return board
+
+
+def _name(kept: tuple[float, Board]) -> str:
+    return kept[1].name

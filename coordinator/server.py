@@ -31,7 +31,7 @@ from chronoscore._server import (
     run_server,
     serve_until_stopped,
 )
-from chronoscore.errors import InvalidArgument
+from chronoscore.errors import InvalidArgument, Unavailable
 from chronoscore.v1 import leaderboard_pb2 as _pb
 from chronoscore.v1 import leaderboard_pb2_grpc as _grpc
 
@@ -87,6 +87,8 @@ async def serve(
         await catalog.close()
         raise
     servicer = LeaderboardServicer(clients, catalog)
+    # Know the clock's skew before taking any write.
+    await servicer.check_clock()
     retention = asyncio.create_task(_prune_forever(servicer))
 
     async def stop() -> None:
@@ -114,15 +116,16 @@ async def _prune_forever(servicer: LeaderboardServicer, every: float = 30.0) -> 
     """Drop aged-out periods from the shards, now and every ``every`` s."""
     while True:
         try:
+            clock_us = await servicer.check_clock()
             boards = await servicer.catalog.list()
         except Exception as exc:
-            if not is_unavailable(exc):
+            if not (isinstance(exc, Unavailable) or is_unavailable(exc)):
                 raise
             logger.warning("cannot read the catalog to prune periods: %s", exc)
             boards = []
         for board in boards:
             if board.keep_periods or board.reset != _pb.RESET_SCHEDULE_NONE:
-                await servicer.prune(board)
+                await servicer.prune(board, clock_us=clock_us)
         await asyncio.sleep(every)
 
 

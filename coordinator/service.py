@@ -46,6 +46,14 @@ _FIRST_DELAY = 0.01
 _MAX_DELAY = 0.2
 
 
+# A period is dropped only once it has been aged out this long by
+# PostgreSQL's clock, and a coordinator whose clock is further than
+# _MAX_SKEW_US from PostgreSQL's refuses writes to resetting leaderboards:
+# so no coordinator writes to a period that another one drops.
+_PRUNE_GRACE_US = 10 * 60 * 1_000_000
+_MAX_SKEW_US = 60 * 1_000_000
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -58,6 +66,8 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         self.tops = Tops(shards)
         self.sketches = Sketches()
         self._last_stamp = 0
+        # This process's clock minus PostgreSQL's, as last measured.
+        self.skew_us = 0
 
     def _stamp(self) -> int:
         """This update's arrival time: distinct, and in arrival order.
@@ -104,16 +114,43 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         await self.prune(board, drop=True)
         return _pb.DeleteLeaderboardResponse()
 
-    async def prune(self, board: Board, *, drop: bool = False) -> None:
+    async def check_clock(self) -> int:
+        """Measure this clock against PostgreSQL's; return PostgreSQL's."""
+        before = now_us()
+        theirs = await self.catalog.clock_us()
+        self.skew_us = (before + now_us()) // 2 - theirs
+        if abs(self.skew_us) > _MAX_SKEW_US:
+            logger.warning(
+                "this machine's clock is %.1f s off PostgreSQL's; writes to"
+                " resetting leaderboards are refused until it is set right",
+                self.skew_us / 1e6,
+            )
+        return theirs
+
+    def _check_skew(self, board: Board) -> None:
+        if board.reset != _pb.RESET_SCHEDULE_NONE and abs(self.skew_us) > _MAX_SKEW_US:
+            raise Unavailable(
+                f"this coordinator's clock is {self.skew_us / 1e6:.0f} s off"
+                " PostgreSQL's, so it cannot tell which period an update"
+                f" belongs to; leaderboard {board.name!r} resets, so its"
+                " updates wait until the clock is set right"
+            )
+
+    async def prune(
+        self, board: Board, *, drop: bool = False, clock_us: int = 0
+    ) -> None:
         """Drop a board's aged-out periods (or all of it) on every shard.
 
-        Best effort: PostgreSQL no longer holds them for queries, and
-        a shard that misses this drops them on the next round.
+        A period goes once it has been aged out for _PRUNE_GRACE_US by
+        ``clock_us``, PostgreSQL's clock. Best effort: PostgreSQL no
+        longer holds them for queries, and a shard that misses this
+        drops them on the next round.
         """
+        before_us = 0
+        if not drop:
+            before_us = board.oldest_kept_us(clock_us - _PRUNE_GRACE_US)
         request = _shard_pb.PruneRequest(
-            board_id=board.id,
-            before_us=0 if drop else board.oldest_kept_us(now_us()),
-            drop_board=drop,
+            board_id=board.id, before_us=before_us, drop_board=drop
         )
         try:
             await self._settled(lambda: self.shards.each("Prune", request))
@@ -168,6 +205,11 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             if board is None:
                 error = NotFound(f"leaderboard {update.leaderboard!r} does not exist")
                 results[i] = _failure(error)
+                continue
+            try:
+                self._check_skew(board)
+            except Unavailable as exc:
+                results[i] = _failure(exc)
                 continue
             writes[i] = _shard_update(update, board, self._stamp())
 

@@ -67,6 +67,19 @@ def test_postgres_outage(own_postgres: tuple[Postgres, str], tmp_path: Path) -> 
                 client.submit_score(BOARD, "during", 20)
             assert time.monotonic() - started < 9
 
+            # Calls that need the catalog say so within a short deadline
+            # too; the list of leaderboards is the last one read.
+            with Client(cluster.target, timeout=2) as hurried:
+                for call in (
+                    lambda: hurried.create_leaderboard("other"),
+                    lambda: hurried.submit_score("unknown", "x", 1),
+                ):
+                    started = time.monotonic()
+                    with pytest.raises(Unavailable, match="PostgreSQL"):
+                        call()
+                    assert time.monotonic() - started < 2.5
+                assert [b.name for b in hurried.list_leaderboards()] == [BOARD]
+
             # Reads go on serving the last state, for longer than the
             # catalog cache lives.
             for _ in range(3):

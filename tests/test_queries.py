@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from chronoscore import Client, NotFound, Page, Update
+from chronoscore import Client, NotFound, Page, Unavailable, Update
 from chronoscore._cluster import LocalCluster
 from chronoscore._periods import Reset, period_of
 from chronoscore._ring import Ring, slot_of
@@ -154,6 +154,61 @@ def test_past_periods_age_out_even_across_restarts(dsn: str, tmp_path: Path) -> 
     with psycopg.connect(dsn) as conn:
         users = conn.execute("SELECT user_id FROM user_score ORDER BY 1").fetchall()
     assert users == [("today",), ("yday",)]
+
+
+_FAST_CLOCK = """
+import time
+
+_time, _time_ns = time.time, time.time_ns
+time.time = lambda: _time() + 86_400
+time.time_ns = lambda: _time_ns() + 86_400 * 10**9
+"""
+
+
+def test_a_coordinator_a_day_ahead_drops_and_writes_nothing(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator whose clock is wrong must not decide that another
+    coordinator's current period has aged out, nor write to the wrong
+    period."""
+    with LocalCluster(dsn, 2, workdir=tmp_path, log_dir=tmp_path / "logs") as cluster:
+        with Client(cluster.target, timeout=30) as client:
+            client.create_leaderboard("today", reset="daily", keep_periods=0)
+            client.create_leaderboard("ever")
+            assert all(
+                r.ok
+                for r in client.submit_scores(
+                    [Update("today", f"t{i}", i, "set") for i in range(50)]
+                )
+            )
+
+        clock = tmp_path / "clock"
+        clock.mkdir()
+        (clock / "sitecustomize.py").write_text(_FAST_CLOCK)
+        monkeypatch.setenv("PYTHONPATH", str(clock))
+        cluster.kill("coordinator")
+        cluster.restart("coordinator")
+        with Client(cluster.target, timeout=30) as client:
+            # Its first pruning round runs at start; give it time to finish.
+            time.sleep(2)
+            with pytest.raises(Unavailable, match="clock"):
+                client.submit_score("today", "late", 1)
+            assert client.submit_score("ever", "late", 1).changed
+        with psycopg.connect(dsn) as conn:
+            (rows,) = conn.execute(
+                "SELECT count(*) FROM user_score s JOIN leaderboards b"
+                " ON b.id = s.board_id WHERE b.name = 'today'"
+            ).fetchone()  # type: ignore[misc]
+        assert rows == 50
+
+        monkeypatch.delenv("PYTHONPATH")
+        cluster.kill("coordinator")
+        cluster.restart("coordinator")
+        with Client(cluster.target, timeout=30) as client:
+            assert client.top("today", 100).total == 50
+            assert client.submit_score("today", "late", 1).changed
+    log = (tmp_path / "logs" / "coordinator.log").read_text()
+    assert "clock is" in log and "off PostgreSQL's" in log
 
 
 def test_request_id_survives_a_shard_restart(
