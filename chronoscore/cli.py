@@ -339,7 +339,7 @@ def _seconds(text: str) -> float:
         value = math.nan
     if not (math.isfinite(value) and 0 < value <= 3600):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds between 0 and 3600"
+            f"{text!r} is not a number of seconds above 0 and at most 3600"
         )
     return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -95,6 +96,16 @@ def test_postgres_outage(own_postgres: tuple[Postgres, str], tmp_path: Path) -> 
             assert time.monotonic() - started < 30
             assert [e.user_id for e in client.top(BOARD).entries] == ["after", "before"]
         assert all(p.poll() is None for p in cluster.processes.values())
+    # The driver's complaints during the outage are log lines like ours.
+    lines = [
+        line
+        for log in (tmp_path / "logs").glob("*.log")
+        for line in log.read_text(errors="replace").splitlines()
+    ]
+    lost = [line for line in lines if "connect" in line and "psycopg" in line]
+    assert lost, "no log line told of the lost database"
+    stamped = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING psycopg")
+    assert all(stamped.match(line) for line in lost), lost[:3]
 
 
 def test_sigterm_drains_a_shard(cluster: LocalCluster, client: Client) -> None:
