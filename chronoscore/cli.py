@@ -27,6 +27,7 @@ from rich.text import Text
 
 from ._bench import SYSTEMS
 from ._cluster import LocalCluster
+from ._keys import SCORE_MAX, SCORE_MIN
 from ._validate import MAX_BATCH
 from .client import (
     MODES,
@@ -519,9 +520,19 @@ def _lines(file: Any) -> Iterator[tuple[int, str]]:
 def _update_from_json(line: str, n: int) -> Update:
     try:
         doc = json.loads(line)
+    except ValueError as exc:
+        raise InvalidArgument(f"line {n}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"line {n}: expected a JSON object, got {line.strip()}")
+    missing = [key for key in ("leaderboard", "user_id", "score") if key not in doc]
+    if missing:
+        raise InvalidArgument(f"line {n}: missing {', '.join(missing)}")
+    try:
         score = doc["score"]
         if not isinstance(score, int) or isinstance(score, bool):
-            raise ValueError(f"score must be a whole number, got {score!r}")
+            raise ValueError(f"score must be a whole number, got {json.dumps(score)}")
+        if not SCORE_MIN <= score <= SCORE_MAX:
+            raise ValueError(f"score {score} is outside the signed 64-bit range")
         metadata = _text(doc, "metadata", None)
         return Update(
             _text(doc, "leaderboard"),

@@ -232,15 +232,23 @@ def test_submit_batch_and_friends(cluster: LocalCluster, tmp_path: Path) -> None
     assert [e["user_id"] for e in friends["entries"]] == ["bob", "ada"]
     assert friends["list_ranks"] == [1, 2] and friends["missing"] == ["zed"]
 
-    for bad_line in (
-        '{"leaderboard": "coins", "user_id": "ada", "score": 1.5}',
-        '{"leaderboard": "coins", "user_id": null, "score": 1}',
+    for bad_line, says in (
+        ('{"leaderboard": "coins", "user_id": "ada", "score": 1.5}', "whole number"),
+        ('{"leaderboard": "coins", "user_id": null, "score": 1}', "user_id"),
+        ('{"leaderboard": "coins", "user_id": "ada"}', "missing score"),
+        ("[1, 2]", "JSON object"),
+        (
+            '{"leaderboard": "coins", "user_id": "a", "score": 9223372036854775808}',
+            "64-bit",
+        ),
+        ("{not json", "not JSON"),
     ):
         bad = tmp_path / "bad.jsonl"
         bad.write_text("\n" + bad_line + "\n")
         result = _run("submit-batch", str(bad), *target, "--json", check=False)
         assert result.returncode == 1
-        assert "line 2" in json.loads(result.stderr)["error"]["message"]
+        message = json.loads(result.stderr)["error"]["message"]
+        assert message.startswith("line 2: ") and says in message, message
 
     # Failures name the line they came from, blank lines included.
     result = _run("submit-batch", str(lines), *target, check=False)
