@@ -20,7 +20,7 @@ from functools import partial
 from itertools import islice
 from typing import Any
 
-from chronoscore._keys import sort_key
+from chronoscore._keys import SCORE_MAX, SCORE_MIN, sort_key
 from chronoscore._validate import MAX_LIMIT
 from chronoscore.errors import NotFound, Unavailable
 from chronoscore.v1 import leaderboard_pb2 as _pb
@@ -49,6 +49,12 @@ _SLACK = 256
 _MAX_ROUNDS = 12
 
 
+@dataclass(slots=True)
+class _Sketch:
+    replies: list[_shard_pb.BetweenReply]
+    keys: list[list[tuple[int, int, str]]]
+
+
 class Sketches:
     """Recent first rounds of page searches, as hints for the next ones.
 
@@ -62,20 +68,23 @@ class Sketches:
     def __init__(self, ttl: float = 1.0, size: int = 256) -> None:
         self.ttl = ttl
         self.size = size
-        self._kept: OrderedDict[
-            tuple[int, int, int], tuple[float, list[_shard_pb.BetweenReply]]
-        ] = OrderedDict()
+        self._kept: OrderedDict[tuple[int, int, int], tuple[float, _Sketch]] = (
+            OrderedDict()
+        )
 
-    def get(self, key: tuple[int, int, int]) -> list[_shard_pb.BetweenReply] | None:
+    def get(self, key: tuple[int, int, int]) -> _Sketch | None:
         kept = self._kept.get(key)
         if kept is None or time.monotonic() - kept[0] > self.ttl:
             return None
         return kept[1]
 
     def put(
-        self, key: tuple[int, int, int], replies: list[_shard_pb.BetweenReply]
+        self,
+        key: tuple[int, int, int],
+        replies: list[_shard_pb.BetweenReply],
+        keys: list[list[tuple[int, int, str]]],
     ) -> None:
-        self._kept[key] = (time.monotonic(), replies)
+        self._kept[key] = (time.monotonic(), _Sketch(replies, keys))
         self._kept.move_to_end(key)
         while len(self._kept) > self.size:
             self._kept.popitem(last=False)
@@ -247,15 +256,16 @@ class Reader:
             self.placement.version,
         )
         hint = self.sketches.get(key)
-        if hint is not None and offset < sum(r.total for r in hint):
-            want = min(offset + limit, sum(r.total for r in hint))
-            hinted = _narrow(hint, offset, want, ascending, lo, hi)
+        if hint is not None and offset < sum(r.total for r in hint.replies):
+            want = min(offset + limit, sum(r.total for r in hint.replies))
+            hinted = _narrow(hint.replies, hint.keys, offset, want, lo, hi)
             lo, hi = hinted.lo, hinted.hi
             count = limit + _MORE_COUNT
         for _ in range(_MAX_ROUNDS):
             replies = list((await self._between(lo, hi, count)).values())
+            keys = [_sort_keys(r.entries, ascending) for r in replies]
             if lo is None and hi is None and count == _FIRST_COUNT:
-                self.sketches.put(key, replies)
+                self.sketches.put(key, replies, keys)
             total = sum(r.total for r in replies)
             if offset >= total:
                 return [], total
@@ -271,7 +281,7 @@ class Reader:
                 merged = merge([list(r.entries) for r in replies], ascending)
                 page = merged[offset - start : offset - start + limit]
                 return [Ranked(e, offset + i) for i, e in enumerate(page)], total
-            narrowed = _narrow(replies, offset, want, ascending, lo, hi)
+            narrowed = _narrow(replies, keys, offset, want, lo, hi)
             # The range's own start has an exact global position too.
             anchor, least = lo, start
             if narrowed.anchor is not None and narrowed.anchor[1] > start:
@@ -457,23 +467,29 @@ class _Narrowed:
     anchor: tuple[_shard_pb.Position, int] | None
 
 
+def _sort_keys(
+    entries: Iterable[_shard_pb.ShardEntry], ascending: bool
+) -> list[tuple[int, int, str]]:
+    """:func:`sort_key` of each entry, in one pass."""
+    if ascending:
+        return [(e.score - SCORE_MIN, e.reached_us, e.user_id) for e in entries]
+    return [(SCORE_MAX - e.score, e.reached_us, e.user_id) for e in entries]
+
+
 def _narrow(
     replies: list[_shard_pb.BetweenReply],
+    keys: list[list[tuple[int, int, str]]],
     offset: int,
     want: int,
-    ascending: bool,
     lo: _shard_pb.Position | None,
     hi: _shard_pb.Position | None,
 ) -> _Narrowed:
-    """A narrower range that still holds global positions [offset, want).
+    """A narrower range that still holds global positions [offset, want);
+    ``keys`` are the sort keys of each reply's entries.
 
     See :meth:`Reader.page`. Bounds grow with an entry's place, so each
     shard's entries are binary-searched: O(s² log count) for s shards.
     """
-    keys = [
-        [sort_key(e.score, e.reached_us, e.user_id, ascending) for e in r.entries]
-        for r in replies
-    ]
 
     def bounds(j: int, k: int) -> tuple[int, int]:
         """Least and most entries ahead of shard j's k-th entry."""

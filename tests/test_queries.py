@@ -37,10 +37,14 @@ def _fill(client: Client, board: str, users: int, seed: int) -> None:
         assert all(r.ok for r in client.submit_scores(updates[start : start + 1000]))
 
 
-def test_deep_pages_equal_sql_order(client: Client, cluster: LocalCluster) -> None:
-    client.create_leaderboard("deep")
-    _fill(client, "deep", 3000, seed=5)
-    rows = ranked(cluster.dsn, "deep")
+@pytest.mark.parametrize("order", ["descending", "ascending"])
+def test_deep_pages_equal_sql_order(
+    client: Client, cluster: LocalCluster, order: str
+) -> None:
+    board = f"deep-{order}"
+    client.create_leaderboard(board, sort_order=order)
+    _fill(client, board, 3000, seed=5)
+    rows = ranked(cluster.dsn, board)
     rng = random.Random(9)
     offsets = [0, 99, 100, 255, 256, 257, 1000, 1500, 2999]
     offsets += rng.sample(range(200, 3000), 25)
@@ -49,7 +53,7 @@ def test_deep_pages_equal_sql_order(client: Client, cluster: LocalCluster) -> No
     for i, offset in enumerate(offsets):
         # Now and then a page longer than one shard's sample.
         limit = 1000 if i % 8 == 7 else rng.randrange(1, 60)
-        page = client.page("deep", offset, limit)
+        page = client.page(board, offset, limit)
         want = rows[offset : offset + limit]
         assert [(e.user_id, e.score, e.rank) for e in page.entries] == want
         assert page.total == 3000
@@ -59,8 +63,8 @@ def test_deep_pages_equal_sql_order(client: Client, cluster: LocalCluster) -> No
     # that needs the exact per-shard boundary.
     assert split_runs > 10
 
-    assert client.page("deep", 3000, 10).entries == []
-    assert client.page("deep", 10**15, 10).entries == []
+    assert client.page(board, 3000, 10).entries == []
+    assert client.page(board, 10**15, 10).entries == []
 
 
 def test_a_page_read_just_after_a_shift_is_exact(
