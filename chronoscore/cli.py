@@ -492,7 +492,16 @@ def _submit_batch(args: argparse.Namespace) -> None:
     results = []
     with _client(args) as client:
         for start in range(0, len(updates), MAX_BATCH):
-            results += client.submit_scores(updates[start : start + MAX_BATCH])
+            try:
+                results += client.submit_scores(updates[start : start + MAX_BATCH])
+            except InvalidArgument as exc:
+                # The server names updates by their place in the batch.
+                def line(found: re.Match[str], start: int = start) -> str:
+                    return f"line {lines[start + int(found.group(1))]}: "
+
+                raise InvalidArgument(
+                    re.sub(r"updates\[(\d+)\]\.?", line, str(exc))
+                ) from None
     docs = [
         {"score": r.score, "changed": r.changed, "replayed": r.replayed}
         if r.error is None
@@ -512,14 +521,33 @@ def _submit_batch(args: argparse.Namespace) -> None:
 
 
 def _lines(file: Any) -> Iterator[tuple[int, str]]:
-    for n, line in enumerate(file, start=1):
+    """Non-blank lines with their numbers, decoded one at a time so a
+    bad byte is reported on its own line."""
+    for n, raw in enumerate(getattr(file, "buffer", file), start=1):
+        try:
+            line = raw.decode() if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"line {n}: not valid UTF-8") from None
         if line.strip():
             yield n, line
 
 
+_FIELDS = ("leaderboard", "user_id", "score", "mode", "metadata", "request_id")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) < len(pairs):
+        raise ValueError("a field appears twice")
+    return doc
+
+
 def _update_from_json(line: str, n: int) -> Update:
     try:
-        doc = json.loads(line)
+        line.encode()
+        doc = json.loads(line, object_pairs_hook=_object)
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"line {n}: not valid UTF-8") from None
     except ValueError as exc:
         raise InvalidArgument(f"line {n}: not JSON ({exc})") from None
     if not isinstance(doc, dict):
@@ -527,6 +555,16 @@ def _update_from_json(line: str, n: int) -> Update:
     missing = [key for key in ("leaderboard", "user_id", "score") if key not in doc]
     if missing:
         raise InvalidArgument(f"line {n}: missing {', '.join(missing)}")
+    unknown = sorted(set(doc) - set(_FIELDS))
+    if unknown:
+        raise InvalidArgument(
+            f"line {n}: unknown field {', '.join(unknown)}; the fields are"
+            f" {', '.join(_FIELDS)}"
+        )
+    if doc.get("mode") is not None and doc["mode"] not in MODES:
+        raise InvalidArgument(
+            f"line {n}: mode {json.dumps(doc['mode'])} is not one of {', '.join(MODES)}"
+        )
     try:
         score = doc["score"]
         if not isinstance(score, int) or isinstance(score, bool):

@@ -242,13 +242,27 @@ def test_submit_batch_and_friends(cluster: LocalCluster, tmp_path: Path) -> None
             "64-bit",
         ),
         ("{not json", "not JSON"),
+        ('{"leaderboard": "coins", "user_id": "a", "score": 1, "Mode": "set"}', "Mode"),
+        ('{"leaderboard": "coins", "user_id": "a", "score": 1, "score": 2}', "twice"),
+        ('{"leaderboard": "coins", "user_id": "a", "score": 1, "mode": "mul"}', "mul"),
+        ('{"leaderboard": "coins", "user_id": "  ", "score": 1}', "user_id"),
+        ('{"leaderboard": "Bad Name!", "user_id": "a", "score": 1}', "leaderboard"),
+        ('{"leaderboard": "coins", "user_id": "\udcff", "score": 1}', "UTF-8"),
     ):
         bad = tmp_path / "bad.jsonl"
-        bad.write_text("\n" + bad_line + "\n")
+        bad.write_text("\n" + bad_line + "\n", errors="surrogateescape")
         result = _run("submit-batch", str(bad), *target, "--json", check=False)
         assert result.returncode == 1
         message = json.loads(result.stderr)["error"]["message"]
         assert message.startswith("line 2: ") and says in message, message
+
+    # A good line before a bad one: the bad one is still named by its line.
+    bad.write_text(
+        '{"leaderboard": "coins", "user_id": "a", "score": 1}\n\n'
+        '{"leaderboard": "coins", "user_id": "", "score": 1}\n'
+    )
+    result = _run("submit-batch", str(bad), *target, "--json", check=False)
+    assert json.loads(result.stderr)["error"]["message"].startswith("line 3: ")
 
     # Failures name the line they came from, blank lines included.
     result = _run("submit-batch", str(lines), *target, check=False)
