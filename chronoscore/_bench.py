@@ -412,15 +412,20 @@ def _embedded() -> Iterator[str]:
 
 
 def _reads(
-    system: System, active: list[str], users: int, s: Settings
+    system: System,
+    active: list[str],
+    users: int,
+    s: Settings,
+    floor: Callable[[], None] | None = None,
 ) -> dict[str, Timing]:
+    """Time each read; ``floor``, an empty call to the same server, takes
+    turns with the top-10 reads it is compared with."""
     ranks = itertools.cycle(active)
-    timed = (
-        {}
-        if system.name == "chronoscore"
-        else {"top10": _timed(system.top, s.calls, s.budget)}
-    )
-    return timed | {
+    if floor is None:
+        tops = {"top10": _timed(system.top, s.calls, s.budget)}
+    else:
+        tops = _interleaved({"empty": floor, "top10": system.top}, s.calls, s.budget)
+    return tops | {
         "rank": _timed(lambda: system.rank(next(ranks)), s.calls, s.budget),
         "around": _timed(lambda: system.around(next(ranks)), s.calls, s.budget),
         "page_half": _timed(lambda: system.page(users // 2), s.calls, s.budget),
@@ -463,12 +468,7 @@ def _run_chronoscore(
     )
     system = ChronoScore(cluster.target)
     report.ingest_single_per_s = _single(system, active, s.single_updates)
-    # The floor: an empty call to the same coordinator, taking turns with
-    # the top-10 reads it is compared with.
-    report.timings = _interleaved(
-        {"empty": system.empty, "top10": system.top}, s.calls, s.budget
-    )
-    report.timings.update(_reads(system, active, s.users, s))
+    report.timings = _reads(system, active, s.users, s, floor=system.empty)
     system.close()
 
     ring = Ring(cluster.names)

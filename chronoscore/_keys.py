@@ -23,7 +23,8 @@ float.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = [
     "SCORE_MIN",
@@ -43,6 +44,7 @@ __all__ = [
     "prefix_floor",
     "score_floor",
     "sort_key",
+    "sort_keys",
     "is_better",
 ]
 
@@ -148,3 +150,11 @@ def sort_key(
 ) -> tuple[int, int, str]:
     """A tuple that sorts entries from any shards in rank order."""
     return (rank_score(score, ascending), reached_us, user_id)
+
+
+def sort_keys(entries: Iterable[Any], ascending: bool) -> list[tuple[int, int, str]]:
+    """:func:`sort_key` of each entry (anything with ``score``,
+    ``reached_us`` and ``user_id``), in one pass."""
+    if ascending:
+        return [(e.score - SCORE_MIN, e.reached_us, e.user_id) for e in entries]
+    return [(SCORE_MAX - e.score, e.reached_us, e.user_id) for e in entries]

@@ -293,7 +293,7 @@ class Catalog:
         except Unavailable:
             if not self._listed:
                 raise
-            return [board for _, board in sorted(self._cache.values(), key=_name)]
+            return sorted((b for _, b in self._cache.values()), key=lambda b: b.name)
         boards = [Board(*row) for row in rows]
         self._cache = {board.name: (time.monotonic(), board) for board in boards}
         self._listed = True
@@ -312,7 +312,3 @@ class Catalog:
     def _remember(self, board: Board) -> Board:
         self._cache[board.name] = (time.monotonic(), board)
         return board
-
-
-def _name(kept: tuple[float, Board]) -> str:
-    return kept[1].name

@@ -20,7 +20,7 @@ from functools import partial
 from itertools import islice
 from typing import Any
 
-from chronoscore._keys import SCORE_MAX, SCORE_MIN, sort_key
+from chronoscore._keys import sort_key, sort_keys
 from chronoscore._validate import MAX_LIMIT
 from chronoscore.errors import NotFound, Unavailable
 from chronoscore.v1 import leaderboard_pb2 as _pb
@@ -263,7 +263,7 @@ class Reader:
             count = limit + _MORE_COUNT
         for _ in range(_MAX_ROUNDS):
             replies = list((await self._between(lo, hi, count)).values())
-            keys = [_sort_keys(r.entries, ascending) for r in replies]
+            keys = [sort_keys(r.entries, ascending) for r in replies]
             if lo is None and hi is None and count == _FIRST_COUNT:
                 self.sketches.put(key, replies, keys)
             total = sum(r.total for r in replies)
@@ -278,9 +278,7 @@ class Reader:
                 count = _FIRST_COUNT
                 continue
             if all(len(r.entries) == r.end - r.start for r in replies):
-                merged = merge([list(r.entries) for r in replies], ascending)
-                page = merged[offset - start : offset - start + limit]
-                return [Ranked(e, offset + i) for i, e in enumerate(page)], total
+                return self._cut(replies, start, offset, limit), total
             narrowed = _narrow(replies, keys, offset, want, lo, hi)
             # The range's own start has an exact global position too.
             anchor, least = lo, start
@@ -320,9 +318,20 @@ class Reader:
         # so the first `length` merged entries are the global ones.
         if not at <= offset <= at + length - limit:
             return None
+        return self._cut(replies, at, offset, limit), total
+
+    def _cut(
+        self,
+        replies: Sequence[_shard_pb.BetweenReply | _shard_pb.EntriesReply],
+        first: int,
+        offset: int,
+        limit: int,
+    ) -> list[Ranked]:
+        """The page from every shard's consecutive entries, the first of
+        which, merged, is at global position ``first``."""
         merged = merge([list(r.entries) for r in replies], self.board.ascending)
-        page = merged[offset - at : offset - at + limit]
-        return [Ranked(e, offset + i) for i, e in enumerate(page)], total
+        page = merged[offset - first : offset - first + limit]
+        return [Ranked(e, offset + i) for i, e in enumerate(page)]
 
     async def _between(
         self,
@@ -358,7 +367,7 @@ class Reader:
                 board=self.period,
                 around=_position(entry),
                 before=reach,
-                limit=min(2 * reach + 1, 1000),
+                limit=min(2 * reach + 1, MAX_LIMIT),
             ),
         )
         total = sum(r.total for r in replies.values())
@@ -467,15 +476,6 @@ class _Narrowed:
     anchor: tuple[_shard_pb.Position, int] | None
 
 
-def _sort_keys(
-    entries: Iterable[_shard_pb.ShardEntry], ascending: bool
-) -> list[tuple[int, int, str]]:
-    """:func:`sort_key` of each entry, in one pass."""
-    if ascending:
-        return [(e.score - SCORE_MIN, e.reached_us, e.user_id) for e in entries]
-    return [(SCORE_MAX - e.score, e.reached_us, e.user_id) for e in entries]
-
-
 def _narrow(
     replies: list[_shard_pb.BetweenReply],
     keys: list[list[tuple[int, int, str]]],
@@ -521,8 +521,7 @@ def _narrow(
     if lows:
         _, j, k = max(lows)
         lo = _position(replies[j].entries[k])
-        least = max(bounds(j, k)[0] for _, j, k in lows)
-        _, j, k = next(low for low in lows if bounds(low[1], low[2])[0] == least)
+        least, j, k = max((bounds(j, k)[0], j, k) for _, j, k in lows)
         anchor = (_position(replies[j].entries[k]), least)
     if highs:
         _, j, k = min(highs)

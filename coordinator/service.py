@@ -29,7 +29,7 @@ from chronoscore.v1 import shard_pb2 as _shard_pb
 from .catalog import Board, Catalog, board_from_proto, period_proto
 from .queries import Moved, Ranked, Reader, Sketches, to_entries
 from .shards import ShardClients
-from .tops import FOLLOWED, Tops
+from .tops import FOLLOWED, Top, Tops
 from .watch import Feeds
 
 __all__ = ["LeaderboardServicer"]
@@ -329,7 +329,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
             key = (limit, reader.board, period.label)
             reply = top.memo.get(key)
             if not isinstance(reply, _pb.EntriesResponse):
-                ranked = [Ranked(e, i) for i, e in enumerate(top.entries[:limit])]
+                ranked = _ranked(top, limit)
                 reply = _entries_reply(reader.board, ranked, top.total, period)
                 top.memo[key] = reply
             return reply
@@ -342,7 +342,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         top = await self.tops.top(reader.period, limit)
         if top is None:
             return await reader.top(limit)
-        return [Ranked(e, i) for i, e in enumerate(top.entries[:limit])], top.total
+        return _ranked(top, limit), top.total
 
     @rpc
     async def GetRank(
@@ -471,10 +471,7 @@ class LeaderboardServicer(_grpc.LeaderboardServiceServicer):
         async def read() -> tuple[_pb.EntriesResponse, int]:
             reader, period = await self._reader(name, "")
             ranked, total = await self._top(reader, limit)
-            reply = _pb.EntriesResponse(
-                entries=to_entries(reader.board, ranked, 1), total=total, period=period
-            )
-            return reply, reader.board.id
+            return _entries_reply(reader.board, ranked, total, period), reader.board.id
 
         return await self._settled(read)
 
@@ -538,6 +535,10 @@ def _list_ranks(board: Board, ranked: list[tuple[Ranked, int]]) -> list[int]:
         same = i > 0 and ranked[i - 1][0].entry.score == item.entry.score
         places.append(places[-1] if board.shared_ranks and same else i + 1)
     return places
+
+
+def _ranked(top: Top, limit: int) -> list[Ranked]:
+    return [Ranked(e, i) for i, e in enumerate(top.entries[:limit])]
 
 
 def _entries_reply(
