@@ -242,12 +242,15 @@ async def serve_until_stopped(
 
 
 _SHARD_SERVICE = "/chronoscore.v1.ShardService/"
+# Shard methods that are not unary, by their index in refusal()'s handlers.
+_SHAPES = {"FollowTop": 1, "Read": 2}
 
 
 def refusal(
     code: grpc.StatusCode, message: str
-) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
-    """Handlers that end a call with ``code``: (unary, server-streaming)."""
+) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
+    """Handlers that end a call with ``code``, one per shape of call:
+    (unary, server-streaming, bidirectional)."""
 
     async def refuse(request: object, context: aio.ServicerContext) -> None:
         await context.abort(code, message)
@@ -258,9 +261,16 @@ def refusal(
         await context.abort(code, message)
         yield
 
+    async def refuse_both(
+        requests: object, context: aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        await context.abort(code, message)
+        yield
+
     return (
         grpc.unary_unary_rpc_method_handler(refuse),
         grpc.unary_stream_rpc_method_handler(refuse_stream),
+        grpc.stream_stream_rpc_method_handler(refuse_both),
     )
 
 
@@ -288,8 +298,8 @@ class ShardCheck(aio.ServerInterceptor):  # type: ignore[misc]
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
         if metadata.get(SHARD_HEADER) != self.name:
-            streams = details.method == _SHARD_SERVICE + "FollowTop"
-            return self._wrong_shard[1 if streams else 0]
+            method = details.method[len(_SHARD_SERVICE) :]
+            return self._wrong_shard[_SHAPES.get(method, 0)]
         return await continuation(details)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,7 +17,13 @@ from chronoscore._metrics import RING_VERSION
 from chronoscore._placement import Placement
 from chronoscore._ring import GENERATION_TRAILER, SHARD_HEADER, SLOTS_HEADER
 from chronoscore._server import remaining
-from chronoscore.errors import Unavailable, from_status
+from chronoscore.errors import (
+    ChronoscoreError,
+    Unavailable,
+    from_code_number,
+    from_status,
+)
+from chronoscore.v1 import shard_pb2 as _shard_pb
 from chronoscore.v1 import shard_pb2_grpc as _shard_grpc
 
 __all__ = ["ShardClients"]
@@ -33,6 +40,14 @@ _UNREACHABLE = (
 
 # Calls whose replies carry the shard's generation after the write.
 _WRITES = frozenset({"Apply", "UpsertUser", "Remove", "Prune"})
+
+# Reads sent over a shard's Read stream, by their field in ReadRequest.
+_STREAMED = {
+    "Range": "range",
+    "Between": "between",
+    "Count": "count",
+    "Lookup": "lookup",
+}
 
 
 class ShardClients:
@@ -62,6 +77,7 @@ class ShardClients:
         self._addresses: dict[str, str] = {}
         self._channels: dict[str, aio.Channel] = {}
         self._stubs: dict[str, _shard_grpc.ShardServiceStub] = {}
+        self._reads: dict[str, _ReadStream] = {}
         self._placement: Placement | None = None
         self._reloading = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
@@ -82,6 +98,8 @@ class ShardClients:
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        for stream in self._reads.values():
+            stream.close()
         await asyncio.gather(*(c.close() for c in self._channels.values()))
         await self._pool.close()
 
@@ -161,6 +179,9 @@ class ShardClients:
             ],
         )
         self._stubs[name] = _shard_grpc.ShardServiceStub(self._channels[name])
+        old_reads = self._reads.pop(name, None)
+        if old_reads is not None:
+            old_reads.close()
 
     async def call(
         self,
@@ -176,6 +197,12 @@ class ShardClients:
         only if it owns exactly the slots that placement gives it.
         """
         stub = self.stub(shard)
+        kind = _STREAMED.get(method)
+        if kind is not None:
+            digest = "" if placement is None else placement.digest(shard)
+            return await self._read_stream(shard, stub).read(
+                kind, request, digest, remaining(self.timeout)
+            )
         metadata: tuple[tuple[str, str], ...] = ((SHARD_HEADER, shard),)
         if placement is not None:
             metadata += ((SLOTS_HEADER, placement.digest(shard)),)
@@ -188,11 +215,15 @@ class ShardClients:
                 self._note_generation(shard, await call.trailing_metadata())
             return reply
         except aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            if code in _UNREACHABLE:
-                logger.debug("shard %s unreachable: %s", shard, details)
-                raise Unavailable(f"shard {shard} is unavailable: {details}") from None
-            raise from_status(code, details) from None
+            raise _translate(shard, exc) from None
+
+    def _read_stream(
+        self, shard: str, stub: _shard_grpc.ShardServiceStub
+    ) -> _ReadStream:
+        stream = self._reads.get(shard)
+        if stream is None or stream.ended:
+            stream = self._reads[shard] = _ReadStream(shard, stub)
+        return stream
 
     def stub(self, shard: str) -> _shard_grpc.ShardServiceStub:
         stub = self._stubs.get(shard)
@@ -238,6 +269,95 @@ class ShardClients:
 
 
 _NOWHERE = _placement.ShardState("", 0, 0, None, False)
+
+
+class _ReadStream:
+    """Reads to one shard over one long-lived Read stream.
+
+    A read costs one message each way instead of a call of its own. The
+    replies are matched to their reads by id. When the stream ends, for
+    whatever reason, every read still waiting on it fails as
+    Unavailable, and the next read opens a new stream.
+    """
+
+    def __init__(self, shard: str, stub: _shard_grpc.ShardServiceStub) -> None:
+        self.shard = shard
+        self.ended = False
+        self._call = stub.Read(metadata=((SHARD_HEADER, shard),))
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._writing = asyncio.Lock()
+        self._replies = asyncio.ensure_future(self._receive())
+
+    async def read(self, kind: str, request: Any, digest: str, timeout: float) -> Any:
+        """The reply to one read, or the error it failed with."""
+        if self.ended:
+            raise Unavailable(f"shard {self.shard} is unavailable: its stream ended")
+        read_id = next(self._ids)
+        reply = asyncio.get_running_loop().create_future()
+        self._waiting[read_id] = reply
+        message = _shard_pb.ReadRequest(id=read_id, slots_digest=digest)
+        getattr(message, kind).CopyFrom(request)
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._writing:
+                    await self._call.write(message)
+                answer = await reply
+        except TimeoutError:
+            raise Unavailable(
+                f"shard {self.shard} is unavailable: no answer within {timeout:.2f} s"
+            ) from None
+        except aio.AioRpcError as exc:
+            raise _translate(self.shard, exc) from None
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            self._end()
+            raise Unavailable(
+                f"shard {self.shard} is unavailable: its stream ended ({exc})"
+            ) from None
+        finally:
+            self._waiting.pop(read_id, None)
+        if answer.HasField("failure"):
+            raise from_code_number(answer.failure.code, answer.failure.message)
+        return getattr(answer, answer.WhichOneof("result"))
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._end()
+
+    async def _receive(self) -> None:
+        error: ChronoscoreError = Unavailable(
+            f"shard {self.shard} is unavailable: it ended the stream"
+        )
+        try:
+            while True:
+                answer = await self._call.read()
+                if answer is aio.EOF:
+                    break
+                waiting = self._waiting.get(answer.id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(answer)
+        except aio.AioRpcError as exc:
+            error = _translate(self.shard, exc)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._end(error)
+
+    def _end(self, error: ChronoscoreError | None = None) -> None:
+        self.ended = True
+        error = error or Unavailable(f"shard {self.shard} is unavailable: closed")
+        for waiting in self._waiting.values():
+            if not waiting.done():
+                waiting.set_exception(error)
+        self._waiting.clear()
+
+
+def _translate(shard: str, exc: aio.AioRpcError) -> ChronoscoreError:
+    code, details = exc.code(), exc.details() or ""
+    if code in _UNREACHABLE:
+        logger.debug("shard %s unreachable: %s", shard, details)
+        return Unavailable(f"shard {shard} is unavailable: {details}")
+    return from_status(code, details)
 
 
 def _channel(

@@ -78,12 +78,16 @@ async def serve(
         options=SERVER_OPTIONS,
         interceptors=[ShardCheck(name)],
     )
-    add_service(
-        _shard_grpc.add_ShardServiceServicer_to_server, ShardServicer(shard), server
-    )
+    servicer = ShardServicer(shard)
+    add_service(_shard_grpc.add_ShardServiceServicer_to_server, servicer, server)
     bound = listen(server, host, port, server_credentials(tls))
     await shard.advertise(advertise or _address(host, bound))
     checker = add_health_and_reflection(server, ["chronoscore.v1.ShardService"])
+
+    def drain() -> None:
+        shard.drain()
+        servicer.drain()
+
     await serve_until_stopped(
         server,
         health_checker=checker,
@@ -91,7 +95,7 @@ async def serve(
         port=bound,
         port_file=port_file,
         on_stop=shard.stop,
-        on_drain=shard.drain,
+        on_drain=drain,
         fatal=shard.failed,
     )
 

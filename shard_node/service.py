@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 
+import grpc
 from grpc import aio
 
 from chronoscore import _validate as check
+from chronoscore._metrics import RPC_SECONDS
 from chronoscore._ring import GENERATION_TRAILER, SLOTS_HEADER
 from chronoscore._server import Malformed, rpc
 from chronoscore.errors import ChronoscoreError, InvalidArgument, WrongShard
@@ -26,9 +30,20 @@ _MAX_POSITIONS = 1 << 16
 _MAX_BETWEEN = 2048
 
 
+# The unary method each kind of streamed read stands for, in metrics.
+_READ_METHODS = {
+    "range": "Range",
+    "between": "Between",
+    "count": "Count",
+    "lookup": "Lookup",
+}
+
+
 class ShardServicer(_shard_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
+        # Read streams waiting for their next request.
+        self._idle_readers: set[asyncio.Task[object]] = set()
 
     @rpc
     async def Apply(
@@ -68,7 +83,30 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
     async def Range(
         self, request: _shard_pb.RangeRequest, context: aio.ServicerContext
     ) -> _shard_pb.EntriesReply:
-        index = self._index(request.board, context)
+        return self._range(request, _digest(context))
+
+    @rpc
+    async def Between(
+        self, request: _shard_pb.BetweenRequest, context: aio.ServicerContext
+    ) -> _shard_pb.BetweenReply:
+        return self._between(request, _digest(context))
+
+    @rpc
+    async def Count(
+        self, request: _shard_pb.CountRequest, context: aio.ServicerContext
+    ) -> _shard_pb.CountReply:
+        return self._count(request, _digest(context))
+
+    @rpc
+    async def Lookup(
+        self, request: _shard_pb.LookupRequest, context: aio.ServicerContext
+    ) -> _shard_pb.EntriesReply:
+        return self._lookup(request, _digest(context))
+
+    def _range(
+        self, request: _shard_pb.RangeRequest, digest: str | None
+    ) -> _shard_pb.EntriesReply:
+        index = self._index(request.board, digest)
         start = check.check_offset(request.start, "start")
         limit = check.check_limit(request.limit)
         ahead = 0
@@ -82,11 +120,10 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         reply.ahead = ahead
         return reply
 
-    @rpc
-    async def Between(
-        self, request: _shard_pb.BetweenRequest, context: aio.ServicerContext
+    def _between(
+        self, request: _shard_pb.BetweenRequest, digest: str | None
     ) -> _shard_pb.BetweenReply:
-        index = self._index(request.board, context)
+        index = self._index(request.board, digest)
         for name in ("lo", "hi"):
             if request.HasField(name) and getattr(request, name).reached_us < 0:
                 raise InvalidArgument(f"{name} must not have a negative reached_us")
@@ -105,11 +142,10 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
             start=start, end=end, entries=reply.entries, total=len(index)
         )
 
-    @rpc
-    async def Count(
-        self, request: _shard_pb.CountRequest, context: aio.ServicerContext
+    def _count(
+        self, request: _shard_pb.CountRequest, digest: str | None
     ) -> _shard_pb.CountReply:
-        index = self._index(request.board, context)
+        index = self._index(request.board, digest)
         if len(request.positions) > _MAX_POSITIONS:
             raise InvalidArgument("too many positions in one Count")
         if any(p.reached_us < 0 for p in request.positions):
@@ -123,11 +159,10 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         ]
         return _shard_pb.CountReply(counts=counts, total=len(index))
 
-    @rpc
-    async def Lookup(
-        self, request: _shard_pb.LookupRequest, context: aio.ServicerContext
+    def _lookup(
+        self, request: _shard_pb.LookupRequest, digest: str | None
     ) -> _shard_pb.EntriesReply:
-        index = self._index(request.board, context)
+        index = self._index(request.board, digest)
         entries, positions = [], []
         for user in check.check_user_ids(list(request.user_ids)):
             entry = index.get(user)
@@ -206,13 +241,84 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
             yield snapshot
             await shard.changed_after(generation)
 
+    async def Read(
+        self,
+        requests: AsyncIterator[_shard_pb.ReadRequest],
+        context: aio.ServicerContext,
+    ) -> None:
+        """Answer reads as they arrive, each with its request's id.
+
+        Reads touch only memory, so each is answered before the next is
+        read, in the order sent. A read that fails gets a failure reply
+        and the stream goes on. When the shard drains, a stream waiting
+        for its next request ends with OK; one answering finishes first.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        shard = self.shard
+        try:
+            while not shard.draining:
+                self._idle_readers.add(task)
+                try:
+                    request = await context.read()
+                except asyncio.CancelledError:
+                    if shard.draining:
+                        return
+                    raise
+                finally:
+                    self._idle_readers.discard(task)
+                if request is aio.EOF:
+                    return
+                if isinstance(request, Malformed):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"a read is not a valid message: {request.error}",
+                    )
+                await context.write(self._answer(request))
+        finally:
+            self._idle_readers.discard(task)
+
+    def drain(self) -> None:
+        """End the Read streams that wait for a request; the server is
+        stopping. Streams answering a read end after sending it."""
+        for task in list(self._idle_readers):
+            task.cancel()
+
+    def _answer(self, request: _shard_pb.ReadRequest) -> _shard_pb.ReadReply:
+        kind = request.WhichOneof("read")
+        started = time.perf_counter()
+        code = "OK"
+        reply = _shard_pb.ReadReply(id=request.id)
+        digest = request.slots_digest
+        try:
+            if kind == "range":
+                reply.entries.CopyFrom(self._range(request.range, digest))
+            elif kind == "lookup":
+                reply.entries.CopyFrom(self._lookup(request.lookup, digest))
+            elif kind == "count":
+                reply.count.CopyFrom(self._count(request.count, digest))
+            elif kind == "between":
+                reply.between.CopyFrom(self._between(request.between, digest))
+            else:
+                raise InvalidArgument(
+                    "a read must name range, between, count or lookup"
+                )
+        except ChronoscoreError as exc:
+            code = exc.code.name
+            reply.failure.code = exc.code.value[0]
+            reply.failure.message = str(exc)
+        finally:
+            name = _READ_METHODS.get(kind or "", "Read")
+            RPC_SECONDS.labels(name, code).observe(time.perf_counter() - started)
+        return reply
+
     def _tell_generation(self, context: aio.ServicerContext) -> None:
         context.set_trailing_metadata(
             ((GENERATION_TRAILER, str(self.shard.generation)),)
         )
 
     def _index(
-        self, board: _shard_pb.BoardPeriod, context: aio.ServicerContext
+        self, board: _shard_pb.BoardPeriod, expected: str | None
     ) -> LeaderboardIndex:
         """The index a read uses, once the read's slots are checked.
 
@@ -223,9 +329,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         refused with WrongShard and the caller reads the placement
         again. The check and the read run without yielding in between.
         """
-        metadata = dict(context.invocation_metadata() or ())
-        expected = metadata.get(SLOTS_HEADER)
-        if expected is not None and expected != self.shard.digest:
+        if expected and expected != self.shard.digest:
             raise WrongShard(
                 f"shard {self.shard.name} owns other slots than the caller"
                 f" expects (epoch {self.shard.epoch}); the placement changed"
@@ -253,6 +357,11 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
             ],
             total=len(index),
         )
+
+
+def _digest(context: aio.ServicerContext) -> str | None:
+    """The slots digest a unary read names in its metadata, if any."""
+    return dict(context.invocation_metadata() or ()).get(SLOTS_HEADER)
 
 
 def _board_key(board: _shard_pb.BoardPeriod) -> BoardKey:

@@ -223,3 +223,33 @@ class TopSnapshot(_message.Message):
     generation: int
     slots_digest: str
     def __init__(self, entries: _Optional[_Iterable[_Union[ShardEntry, _Mapping]]] = ..., unchanged: _Optional[bool] = ..., total: _Optional[int] = ..., generation: _Optional[int] = ..., slots_digest: _Optional[str] = ...) -> None: ...
+
+class ReadRequest(_message.Message):
+    __slots__ = ("id", "slots_digest", "range", "between", "count", "lookup")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    BETWEEN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    slots_digest: str
+    range: RangeRequest
+    between: BetweenRequest
+    count: CountRequest
+    lookup: LookupRequest
+    def __init__(self, id: _Optional[int] = ..., slots_digest: _Optional[str] = ..., range: _Optional[_Union[RangeRequest, _Mapping]] = ..., between: _Optional[_Union[BetweenRequest, _Mapping]] = ..., count: _Optional[_Union[CountRequest, _Mapping]] = ..., lookup: _Optional[_Union[LookupRequest, _Mapping]] = ...) -> None: ...
+
+class ReadReply(_message.Message):
+    __slots__ = ("id", "entries", "between", "count", "failure")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BETWEEN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    entries: EntriesReply
+    between: BetweenReply
+    count: CountReply
+    failure: _leaderboard_pb2.Failure
+    def __init__(self, id: _Optional[int] = ..., entries: _Optional[_Union[EntriesReply, _Mapping]] = ..., between: _Optional[_Union[BetweenReply, _Mapping]] = ..., count: _Optional[_Union[CountReply, _Mapping]] = ..., failure: _Optional[_Union[_leaderboard_pb2.Failure, _Mapping]] = ...) -> None: ...

@@ -86,6 +86,11 @@ class ShardServiceStub:
                 request_serializer=chronoscore_dot_v1_dot_shard__pb2.FollowTopRequest.SerializeToString,
                 response_deserializer=chronoscore_dot_v1_dot_shard__pb2.TopSnapshot.FromString,
                 _registered_method=True)
+        self.Read = channel.stream_stream(
+                '/chronoscore.v1.ShardService/Read',
+                request_serializer=chronoscore_dot_v1_dot_shard__pb2.ReadRequest.SerializeToString,
+                response_deserializer=chronoscore_dot_v1_dot_shard__pb2.ReadReply.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -165,6 +170,16 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Read(self, request_iterator, context):
+        """Range, Between, Count and Lookup over one long-lived stream: each
+        reply carries the id of its request, and replies may come in any
+        order. Cheaper per read than a call of its own. A bad request fails
+        alone; the stream ends when the shard drains.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +232,11 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.FollowTop,
                     request_deserializer=chronoscore_dot_v1_dot_shard__pb2.FollowTopRequest.FromString,
                     response_serializer=chronoscore_dot_v1_dot_shard__pb2.TopSnapshot.SerializeToString,
+            ),
+            'Read': grpc.stream_stream_rpc_method_handler(
+                    servicer.Read,
+                    request_deserializer=chronoscore_dot_v1_dot_shard__pb2.ReadRequest.FromString,
+                    response_serializer=chronoscore_dot_v1_dot_shard__pb2.ReadReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -489,6 +509,33 @@ class ShardService:
             '/chronoscore.v1.ShardService/FollowTop',
             chronoscore_dot_v1_dot_shard__pb2.FollowTopRequest.SerializeToString,
             chronoscore_dot_v1_dot_shard__pb2.TopSnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Read(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chronoscore.v1.ShardService/Read',
+            chronoscore_dot_v1_dot_shard__pb2.ReadRequest.SerializeToString,
+            chronoscore_dot_v1_dot_shard__pb2.ReadReply.FromString,
             options,
             channel_credentials,
             insecure,
