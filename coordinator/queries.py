@@ -34,15 +34,14 @@ __all__ = ["Reader", "Ranked", "Moved", "Sketches", "merge", "to_entries"]
 # Entries each shard offers in the first round of a page search, and
 # beyond the page's own length in later rounds (see Reader.page).
 _FIRST_COUNT = 256
-_MORE_COUNT = 128
+_MORE_COUNT = 64
 
 # Pages that end within this many entries are cut from merged top lists.
 _SHALLOW = 256
 
-# The search ends once an entry's global position is known to within
-# this many places before the page: then each shard sends the page plus
-# that slack after it, in one last call.
-_SLACK = 256
+# The search ends once the range holds at most the page and this many
+# entries more, over all shards: then each shard sends its part whole.
+_WHOLE_SLACK = 512
 
 # The search ends in three rounds or so unless writes keep moving the
 # entries; then it gives up with Moved.
@@ -235,12 +234,14 @@ class Reader:
         entry's global position. The next range runs from the last entry
         surely at or before ``offset`` to the first surely at or after the
         page's end. With s shards of n entries, the first round leaves a
-        range of about 2 s n / 256 entries, the next of 2 s / 128 of that
-        plus the page. Once some entry surely at or before ``offset`` is
-        known to lie at most 256 places before it, one last round asks
-        each shard for the page's length plus that gap from the entry on,
-        and the merge holds the page. A million entries take three
-        rounds, each O(count log n) on a shard, whatever the offset.
+        range of about 2 s n / 256 entries, the next of 2 s / 64 of that
+        plus the page. Sampling rounds send only what places an entry,
+        without names or metadata. Once the range can hold no more than
+        the page and 512 entries, a last round has every shard send all
+        of its part of the range, whole, and the merge holds the page. A
+        million entries take three rounds, each O(count log n) on a
+        shard, whatever the offset; two while the first round of a page
+        search in the last second is kept (see Sketches).
         """
         if offset + limit <= _SHALLOW:
             ranked, total = await self._slice(self._from_start(), 0, offset + limit)
@@ -250,6 +251,9 @@ class Reader:
         lo: _shard_pb.Position | None = None
         hi: _shard_pb.Position | None = None
         count = _FIRST_COUNT
+        # Whether the round asks for whole entries, names and all, or
+        # only for what places them.
+        whole = False
         key = (
             self.period.board_id,
             self.period.period_start_us,
@@ -260,9 +264,9 @@ class Reader:
             want = min(offset + limit, sum(r.total for r in hint.replies))
             hinted = _narrow(hint.replies, hint.keys, offset, want, lo, hi)
             lo, hi = hinted.lo, hinted.hi
-            count = limit + _MORE_COUNT
+            count, whole = _next_count(hinted.span, limit)
         for _ in range(_MAX_ROUNDS):
-            replies = list((await self._between(lo, hi, count)).values())
+            replies = list((await self._between(lo, hi, count, whole)).values())
             keys = [sort_keys(r.entries, ascending) for r in replies]
             if lo is None and hi is None and count == _FIRST_COUNT:
                 self.sketches.put(key, replies, keys)
@@ -275,50 +279,19 @@ class Reader:
                 # Writes moved entries past the range since the last
                 # round: search again from the whole ranking.
                 lo = hi = None
-                count = _FIRST_COUNT
+                count, whole = _FIRST_COUNT, False
                 continue
             if all(len(r.entries) == r.end - r.start for r in replies):
-                return self._cut(replies, start, offset, limit), total
-            narrowed = _narrow(replies, keys, offset, want, lo, hi)
-            # The range's own start has an exact global position too.
-            anchor, least = lo, start
-            if narrowed.anchor is not None and narrowed.anchor[1] > start:
-                anchor, least = narrowed.anchor
-            length = offset - least + limit
-            if length <= min(limit + _SLACK, MAX_LIMIT):
-                found = await self._after(anchor, offset, limit, length)
-                if found is not None:
-                    return found
-                lo = hi = None
-                count = _FIRST_COUNT
+                if whole:
+                    return self._cut(replies, start, offset, limit), total
+                # All of the range came, but without names: again, whole.
+                count = max(r.end - r.start for r in replies)
+                whole = True
                 continue
+            narrowed = _narrow(replies, keys, offset, want, lo, hi)
             lo, hi = narrowed.lo, narrowed.hi
-            count = limit + _MORE_COUNT
+            count, whole = _next_count(narrowed.span, limit)
         raise Moved("writes kept moving entries while the page was found; try again")
-
-    async def _after(
-        self,
-        anchor: _shard_pb.Position | None,
-        offset: int,
-        limit: int,
-        length: int,
-    ) -> tuple[list[Ranked], int] | None:
-        """The page, from ``length`` entries at and after ``anchor`` on
-        every shard; None if writes moved the anchor too far from
-        ``offset`` since it was chosen."""
-        request = _shard_pb.RangeRequest(board=self.period, limit=length)
-        if anchor is not None:
-            request.around.CopyFrom(anchor)
-        replies = list((await self._each("Range", request)).values())
-        at = sum(r.ahead for r in replies)
-        total = sum(r.total for r in replies)
-        if offset >= total:
-            return [], total
-        # Every shard sent `length` entries or all it has after the anchor,
-        # so the first `length` merged entries are the global ones.
-        if not at <= offset <= at + length - limit:
-            return None
-        return self._cut(replies, at, offset, limit), total
 
     def _cut(
         self,
@@ -338,8 +311,11 @@ class Reader:
         lo: _shard_pb.Position | None,
         hi: _shard_pb.Position | None,
         count: int,
+        whole: bool,
     ) -> dict[str, _shard_pb.BetweenReply]:
-        request = _shard_pb.BetweenRequest(board=self.period, count=count)
+        request = _shard_pb.BetweenRequest(
+            board=self.period, count=count, places_only=not whole
+        )
         if lo is not None:
             request.lo.CopyFrom(lo)
         if hi is not None:
@@ -471,9 +447,8 @@ class Reader:
 class _Narrowed:
     lo: _shard_pb.Position | None
     hi: _shard_pb.Position | None
-    # The sent entry surely at or before the page's start whose global
-    # position is known best, with the least that position can be.
-    anchor: tuple[_shard_pb.Position, int] | None
+    # The most entries the range [lo, hi) can hold, over all shards.
+    span: int
 
 
 def _narrow(
@@ -517,16 +492,27 @@ def _narrow(
         k = _first_true(n, partial(lambda j, k: bounds(j, k)[0] >= want, j))
         if k < n:
             highs.append((shard_keys[k], j, k))
-    anchor = None
+    # Exact for the range's own ends, bounds for the sent entries.
+    least = sum(r.start for r in replies)
+    most = sum(r.end for r in replies)
     if lows:
         _, j, k = max(lows)
         lo = _position(replies[j].entries[k])
-        least, j, k = max((bounds(j, k)[0], j, k) for _, j, k in lows)
-        anchor = (_position(replies[j].entries[k]), least)
+        least = bounds(j, k)[0]
     if highs:
         _, j, k = min(highs)
         hi = _position(replies[j].entries[k])
-    return _Narrowed(lo, hi, anchor)
+        most = bounds(j, k)[1]
+    return _Narrowed(lo, hi, most - least)
+
+
+def _next_count(span: int, limit: int) -> tuple[int, bool]:
+    """How many entries each shard sends in the next round of a page
+    search whose range holds at most ``span`` entries, and whether they
+    are whole: all of them if that is few, else a sample to narrow by."""
+    if span <= limit + _WHOLE_SLACK:
+        return max(span, 1), True
+    return limit + _MORE_COUNT, False
 
 
 def _first_true(n: int, test: Callable[[int], bool]) -> int:

@@ -137,9 +137,20 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         else:
             positions = _spread(start, end, count)
             entries = [index.at(p) for p in positions]
-        reply = self._reply(index, entries, positions)
+        if request.places_only:
+            sent = [
+                _shard_pb.ShardEntry(
+                    user_id=e.user_id,
+                    score=e.score,
+                    reached_us=e.reached_us,
+                    position=position,
+                )
+                for e, position in zip(entries, positions, strict=True)
+            ]
+        else:
+            sent = list(self._reply(index, entries, positions).entries)
         return _shard_pb.BetweenReply(
-            start=start, end=end, entries=reply.entries, total=len(index)
+            start=start, end=end, entries=sent, total=len(index)
         )
 
     def _count(

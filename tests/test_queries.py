@@ -66,6 +66,19 @@ def test_deep_pages_equal_sql_order(
     assert client.page(board, 3000, 10).entries == []
     assert client.page(board, 10**15, 10).entries == []
 
+    # Deep pages come whole: names and metadata too.
+    named = rows[1500][0]
+    client.upsert_user(named, "Deep Diver")
+    client.submit_score(board, named, 25, "set", metadata=b"\x00deep")
+    rows = ranked(cluster.dsn, board)
+    at = [r[0] for r in rows].index(named)
+    entry = client.page(board, at, 3).entries[0]
+    assert (entry.user_id, entry.display_name, entry.metadata) == (
+        named,
+        "Deep Diver",
+        b"\x00deep",
+    )
+
 
 def test_a_page_read_just_after_a_shift_is_exact(
     client: Client, cluster: LocalCluster

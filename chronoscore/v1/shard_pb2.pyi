@@ -101,16 +101,18 @@ class RangeRequest(_message.Message):
     def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., start: _Optional[int] = ..., limit: _Optional[int] = ..., around: _Optional[_Union[Position, _Mapping]] = ..., before: _Optional[int] = ...) -> None: ...
 
 class BetweenRequest(_message.Message):
-    __slots__ = ("board", "lo", "hi", "count")
+    __slots__ = ("board", "lo", "hi", "count", "places_only")
     BOARD_FIELD_NUMBER: _ClassVar[int]
     LO_FIELD_NUMBER: _ClassVar[int]
     HI_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    PLACES_ONLY_FIELD_NUMBER: _ClassVar[int]
     board: BoardPeriod
     lo: Position
     hi: Position
     count: int
-    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., lo: _Optional[_Union[Position, _Mapping]] = ..., hi: _Optional[_Union[Position, _Mapping]] = ..., count: _Optional[int] = ...) -> None: ...
+    places_only: bool
+    def __init__(self, board: _Optional[_Union[BoardPeriod, _Mapping]] = ..., lo: _Optional[_Union[Position, _Mapping]] = ..., hi: _Optional[_Union[Position, _Mapping]] = ..., count: _Optional[int] = ..., places_only: _Optional[bool] = ...) -> None: ...
 
 class BetweenReply(_message.Message):
     __slots__ = ("start", "end", "entries", "total")
