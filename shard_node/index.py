@@ -2,8 +2,40 @@
 
 Entries live in a ``SortedList`` of int keys (see ``chronoscore._keys``)
 whose ascending order is rank order, so position equals the number of
-entries ahead. A dict maps each user to their key, and a list maps the
-key's handle back to the user.
+entries ahead. The low bits of a key are a *handle*, a small int that
+names the user inside the index. The rest is kept per handle in flat
+arrays, with no Python object per user besides the key:
+
+- ``_key_of``: each handle's key, the very int the sorted list holds,
+  or None for a free handle;
+- ``_blob``: every user id in UTF-8, back to back in one ``bytearray``,
+  found through the ``_offsets`` and ``_lengths`` arrays;
+- ``_table``: an open-addressing hash table of handles, an array probed
+  linearly from the hash of the user id's UTF-8 bytes;
+- ``_free``: handles of removed users, for new users to take;
+- ``_metadata``: handle to metadata, for the entries that carry any.
+
+Per entry with 10-byte ids, counting pymalloc's rounding to 16 bytes:
+the key int 48, its sorted list slot 8 (plus under 1 for the list's
+own nodes), its ``_key_of`` slot 8, the id 10, its offset 4 and length
+1, and a 4-byte table slot at a load of 0.4 to 0.7, so 6 to 10 bytes.
+That is 85 to 90 bytes, and 86 right after a bulk build, which sizes
+the table for a load of 0.55. An entry with metadata adds a bytes
+object of 33 bytes plus its length, rounded up to 16, a dict slot, and
+its handle as a 32-byte int.
+
+Limits, as contracts:
+
+- The table grows once more than 70% of its slots are taken, by
+  rehashing every user: O(n), about half a second per million users,
+  once the index has grown by 75% since (27% after a bulk build).
+- A removal moves later handles of its probe run back into the gap,
+  so there are no tombstones, and churn never forces a rehash.
+- A removed user's bytes stay in the blob, and a new user given that
+  handle reuses them if its id fits. The blob is rewritten without
+  them once they outweigh both the live ids and the number of handles.
+- Nothing shrinks: the handle arrays and the table stay sized for the
+  most users the index has held at once.
 
 The index holds no durable state: the shard rebuilds it from PostgreSQL
 at start, and changes it only after PostgreSQL has committed them.
@@ -11,9 +43,12 @@ at start, and changes it only after PostgreSQL has committed them.
 
 from __future__ import annotations
 
+import math
 import sys
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate, compress
 from typing import NamedTuple
 
 from sortedcontainers import SortedList
@@ -21,6 +56,30 @@ from sortedcontainers import SortedList
 from chronoscore import _keys
 
 __all__ = ["IndexEntry", "LeaderboardIndex"]
+
+# Tables and free lists are arrays of C unsigned int, 32 bits wherever
+# CPython runs. A table slot that holds no handle holds the type's
+# largest value, which is therefore never given out as a handle.
+_TABLE_TYPE = "I"
+_EMPTY = (1 << 8 * array(_TABLE_TYPE).itemsize) - 1
+_MIN_TABLE = 8
+_TOO_MANY_USERS = f"an index holds at most {_EMPTY} users"
+# A key's low bits, its handle, as ``_keys.key_handle`` takes them, for
+# the loops that would otherwise call it once per entry.
+_HANDLE_MASK = _keys.HANDLE_LIMIT - 1
+
+# A module global rather than ``hash`` itself so that tests can force
+# collisions. Python salts hashes per process, which is fine: an index
+# never leaves the process that built it.
+_hash = hash
+
+# pymalloc serves objects of at most this many bytes, rounded up to a
+# multiple of 16; larger blocks come from malloc at about their size.
+_SMALL_OBJECT = 512
+_ALIGNMENT = 16
+
+# Metadata by user id, as str or as UTF-8 bytes.
+_Metadata = dict[str, bytes] | dict[bytes, bytes]
 
 
 class IndexEntry(NamedTuple):
@@ -35,19 +94,37 @@ class LeaderboardIndex:
     Costs below are for n entries and t, the number of entries that
     share both score and ``reached_us`` with the one in question. A shard
     stamps distinct times on the updates it applies, so t is 0 or 1
-    unless entries were copied in from another shard.
+    unless entries were copied in from another shard. Finding a user is
+    O(1) expected; "O(1)" below means that.
+
+    User ids must be encodable as UTF-8 (no lone surrogates), as every
+    id that arrives by gRPC or from PostgreSQL is. An index holds at
+    most ``_keys.HANDLE_LIMIT - 1`` users.
     """
+
+    # The table is rebuilt once more than _MAX_LOAD of its slots hold a
+    # handle, to a size where _GROWN_LOAD do; a bulk build sizes it for
+    # _BUILT_LOAD, as a freshly loaded shard rarely grows by much.
+    _MAX_LOAD = 0.7
+    _GROWN_LOAD = 0.4
+    _BUILT_LOAD = 0.55
 
     def __init__(
         self, entries: Iterable[IndexEntry] = (), *, ascending: bool = False
     ) -> None:
         self.ascending = ascending
         self._keys = SortedList()
-        self._by_user: dict[str, int] = {}
-        self._users: list[str | None] = []
-        self._free: list[int] = []
+        self._key_of: list[int | None] = []
+        self._free = array(_TABLE_TYPE)
+        self._blob = bytearray()
+        self._offsets = array("B")
+        self._lengths = array("B")
+        # Bytes of the blob that belong to no live user.
+        self._garbage = 0
+        self._table = array(_TABLE_TYPE, [_EMPTY]) * _MIN_TABLE
+        self._limit = int(_MIN_TABLE * self._MAX_LOAD)
         # Only entries that carry metadata have a slot here.
-        self._metadata: dict[str, bytes] = {}
+        self._metadata: dict[int, bytes] = {}
         for entry in entries:
             self.upsert(*entry)
 
@@ -74,53 +151,77 @@ class LeaderboardIndex:
     @classmethod
     def from_columns(
         cls,
-        users: Sequence[str],
+        users: Sequence[str] | Sequence[bytes],
         scores: Sequence[int],
         reached: Sequence[int],
         *,
         ascending: bool = False,
-        metadata: dict[str, bytes] | None = None,
+        metadata: _Metadata | None = None,
     ) -> LeaderboardIndex:
         """Build from the i-th user's score and ``reached_us``, in any
         order. O(n log n).
 
-        Raises ValueError if a user appears twice, and OverflowError if
-        more than TIE_LIMIT entries share one score and time.
+        Users are all str, or all bytes holding their UTF-8 form (which
+        spares encoding them). ``metadata`` is keyed the same way, and
+        its empty values are dropped.
+
+        Raises ValueError if a user appears twice or metadata names a
+        user with no entry, and OverflowError if more than TIE_LIMIT
+        entries share one score and time.
         """
         index = cls(ascending=ascending)
-        index._metadata = metadata or {}
+        names = _utf8(users)
         keys = _keys.make_keys(scores, reached, ascending)
-        prefixes = [_keys.key_prefix(key) for key in keys]
+        if len(names) != len(keys):
+            raise ValueError("users and scores differ in length")
+        if len(keys) > _EMPTY:
+            raise OverflowError(_TOO_MANY_USERS)
+
+        prefixes = _keys.key_prefixes(keys)
         if len(set(prefixes)) < len(prefixes):
-            _number_ties(keys, prefixes, users)
-        index._users = list(users)
-        index._by_user = dict(zip(users, keys, strict=True))
-        if len(index._by_user) != len(users):
-            raise ValueError("a user appears twice in one index")
+            _number_ties(keys, prefixes, names)
         index._keys.update(keys)
+        # A copy of exactly n slots, where the list built by appending
+        # has up to an eighth more.
+        index._key_of = list(keys)
+        index._load_users(names)
+        if metadata:
+            index._load_metadata(names, metadata)
         return index
 
     def __len__(self) -> int:
         """Number of entries. O(1)."""
-        return len(self._by_user)
+        return len(self._keys)
 
     def __contains__(self, user_id: object) -> bool:
-        return user_id in self._by_user
+        if not isinstance(user_id, str):
+            return False
+        return self._handle(user_id) != _EMPTY
 
     def user_ids(self) -> list[str]:
         """Every user with an entry, in no particular order. O(n)."""
-        return list(self._by_user)
+        blob = bytes(self._blob)
+        return [
+            blob[start : start + length].decode()
+            for key, start, length in zip(
+                self._key_of, self._offsets, self._lengths, strict=True
+            )
+            if key is not None
+        ]
 
     def get(self, user_id: str) -> IndexEntry | None:
         """The user's entry, or None. O(1)."""
-        key = self._by_user.get(user_id)
-        if key is None:
+        handle = self._handle(user_id)
+        if handle == _EMPTY:
             return None
-        return self._entry(key)
+        key = self._key_of[handle]
+        assert key is not None
+        score = _keys.key_score(key, self.ascending)
+        return IndexEntry(user_id, score, _keys.key_reached(key))
 
     def metadata(self, user_id: str) -> bytes:
         """The entry's metadata; empty if it has none. O(1)."""
-        return self._metadata.get(user_id, b"")
+        return self._metadata.get(self._handle(user_id), b"")
 
     def upsert(
         self,
@@ -129,13 +230,17 @@ class LeaderboardIndex:
         reached_us: int,
         metadata: bytes | None = None,
     ) -> None:
-        """Insert or move the user's entry. O(log n + t).
+        """Insert or move the user's entry. O(log n + t), and O(n) when
+        a new user makes the table grow.
 
         ``metadata`` replaces the stored metadata unless it is None.
         Raises OverflowError, changing nothing, if TIE_LIMIT entries
         already share this score and time.
         """
-        old = self._by_user.get(user_id)
+        name = user_id.encode()
+        slot = self._slot(name)
+        handle = self._table[slot]
+        old = None if handle == _EMPTY else self._key_of[handle]
         run = [key for key in self._run(score, reached_us) if key != old]
         if len(run) >= _keys.TIE_LIMIT:
             raise OverflowError(
@@ -143,50 +248,64 @@ class LeaderboardIndex:
             )
 
         if old is None:
-            handle = self._new_handle(user_id)
+            handle = self._add_user(slot, name)
         else:
             self._keys.remove(old)
-            handle = _keys.key_handle(old)
         if metadata:
-            self._metadata[user_id] = metadata
+            self._metadata[handle] = metadata
         elif metadata is not None:
-            self._metadata.pop(user_id, None)
+            self._metadata.pop(handle, None)
         if not run:
             key = _keys.make_key(score, reached_us, 0, handle, self.ascending)
             self._keys.add(key)
-            self._by_user[user_id] = key
+            self._key_of[handle] = key
             return
 
         # Entries that share score and time rank by user id; renumber
         # the tie field of the whole run so key order stays rank order.
-        members = sorted(
-            [(self._user(k), _keys.key_handle(k)) for k in run] + [(user_id, handle)]
-        )
+        # UTF-8 byte order is code point order, so the ids need no
+        # decoding to be sorted.
+        members: list[tuple[bytes | bytearray, int]] = [
+            (self._name(_keys.key_handle(k)), _keys.key_handle(k)) for k in run
+        ]
+        members.append((name, handle))
+        members.sort()
         for key in run:
             self._keys.remove(key)
-        for tie, (user, user_handle) in enumerate(members):
-            key = _keys.make_key(score, reached_us, tie, user_handle, self.ascending)
+        for tie, (_, member) in enumerate(members):
+            key = _keys.make_key(score, reached_us, tie, member, self.ascending)
             self._keys.add(key)
-            self._by_user[user] = key
+            self._key_of[member] = key
 
     def remove(self, user_id: str) -> bool:
-        """Drop the user's entry; False if there was none. O(log n)."""
-        key = self._by_user.pop(user_id, None)
-        if key is None:
+        """Drop the user's entry; False if there was none. O(log n),
+        plus now and then an O(n) rewrite of the blob, amortized O(1)
+        per byte of removed ids.
+        """
+        slot = self._slot(user_id.encode())
+        handle = self._table[slot]
+        if handle == _EMPTY:
             return False
+        key = self._key_of[handle]
         self._keys.remove(key)
-        self._metadata.pop(user_id, None)
-        handle = _keys.key_handle(key)
-        self._users[handle] = None
+        self._metadata.pop(handle, None)
+
+        # The handle keeps its place in the blob, for a new user whose
+        # id fits there to take over.
+        self._key_of[handle] = None
         self._free.append(handle)
+        self._garbage += self._lengths[handle]
+        self._unlink(slot)
+        if self._garbage > self._garbage_limit():
+            self._compact()
         return True
 
     def rank_of(self, user_id: str) -> int | None:
         """Entries strictly ahead of the user, or None. O(log n)."""
-        key = self._by_user.get(user_id)
-        if key is None:
+        handle = self._handle(user_id)
+        if handle == _EMPTY:
             return None
-        return int(self._keys.bisect_left(key))
+        return int(self._keys.bisect_left(self._key_of[handle]))
 
     def count_ahead(self, score: int, reached_us: int, user_id: str) -> int:
         """Entries strictly ahead of a position. O(log n + t).
@@ -197,8 +316,11 @@ class LeaderboardIndex:
         floor = _keys.prefix_floor(score, reached_us, self.ascending)
         ahead = int(self._keys.bisect_left(floor))
         target = _keys.key_prefix(floor)
+        name = user_id.encode()
         for key in self._keys.islice(ahead):
-            if _keys.key_prefix(key) != target or self._user(key) >= user_id:
+            if _keys.key_prefix(key) != target:
+                break
+            if self._name(_keys.key_handle(key)) >= name:
                 break
             ahead += 1
         return ahead
@@ -213,29 +335,35 @@ class LeaderboardIndex:
 
     def range(self, start: int, limit: int) -> list[IndexEntry]:
         """Entries at positions [start, start + limit). O(log n + limit)."""
-        return [self._entry(k) for k in self._keys.islice(start, start + limit)]
+        return self._entries(self._keys.islice(start, start + limit))
 
     def at(self, position: int) -> IndexEntry:
         """The entry at a position (0 is the best). O(log n)."""
         return self._entry(self._keys[position])
 
     def memory_bytes(self) -> int:
-        """Bytes the index holds, by ``sys.getsizeof``: the sorted keys,
-        the user map, the user ids and metadata. O(n).
+        """Bytes the index holds: the sorted keys, the per-handle key
+        list, the user ids and their offsets, lengths and hash table,
+        the free handles and the metadata. O(n).
 
-        Objects shared between structures (a user id is a dict key and a
-        handle's target) count once. The allocator's rounding is not
-        counted.
+        Sizes are ``sys.getsizeof`` rounded up the way pymalloc rounds
+        small objects. A key is held by both the sorted list and the key
+        list and counts once.
         """
         size = sys.getsizeof
         keys = self._keys
-        total = size(keys) + size(keys._lists) + size(keys._maxes)
-        total += size(keys._index) + sum(size(leaf) for leaf in keys._lists)
-        total += sum(map(size, keys))
-        total += size(self._by_user) + sum(map(size, self._by_user))
-        total += size(self._users) + size(self._free)
-        total += size(self._metadata) + sum(map(size, self._metadata.values()))
-        return total
+        parts = [self, self.__dict__, keys, keys._maxes, keys._index]
+        parts += [keys._lists, *keys._lists, self._key_of, self._free]
+        parts += [self._blob, self._offsets, self._lengths, self._table]
+        parts += [self._metadata, *self._metadata]
+        # Equal short values may be one object, as CPython shares every
+        # one-byte bytes object.
+        parts += list({id(v): v for v in self._metadata.values()}.values())
+        total = sum(_allocated(size(part)) for part in parts)
+
+        # The keys, by size, as most of them have the same one.
+        sizes = Counter(map(size, keys))
+        return total + sum(_allocated(each) * n for each, n in sizes.items())
 
     def __iter__(self) -> Iterator[IndexEntry]:
         """Every entry in rank order."""
@@ -253,40 +381,219 @@ class LeaderboardIndex:
             run.append(key)
         return run
 
-    def _new_handle(self, user_id: str) -> int:
-        if self._free:
-            handle = self._free.pop()
-            self._users[handle] = user_id
-            return handle
-        handle = len(self._users)
-        if handle >= _keys.HANDLE_LIMIT:
-            raise OverflowError(f"an index holds at most {_keys.HANDLE_LIMIT} users")
-        self._users.append(user_id)
-        return handle
+    # User ids and handles
 
-    def _user(self, key: int) -> str:
-        user = self._users[_keys.key_handle(key)]
-        assert user is not None
-        return user
+    def _name(self, handle: int) -> bytearray:
+        """The handle's user id in UTF-8. O(1)."""
+        start = self._offsets[handle]
+        return self._blob[start : start + self._lengths[handle]]
 
     def _entry(self, key: int) -> IndexEntry:
+        user = self._name(_keys.key_handle(key)).decode()
         score = _keys.key_score(key, self.ascending)
-        return IndexEntry(self._user(key), score, _keys.key_reached(key))
+        return IndexEntry(user, score, _keys.key_reached(key))
+
+    def _entries(self, keys: Iterable[int]) -> list[IndexEntry]:
+        """The entries of ``keys``, as many :meth:`_entry` calls would
+        give them but with the lookups hoisted out of the loop. O(k).
+        """
+        blob, offsets, lengths = self._blob, self._offsets, self._lengths
+        ascending = self.ascending
+        entries = []
+        for key in keys:
+            handle = key & _HANDLE_MASK
+            start = offsets[handle]
+            user = blob[start : start + lengths[handle]].decode()
+            score = _keys.key_score(key, ascending)
+            entries.append(IndexEntry(user, score, _keys.key_reached(key)))
+        return entries
+
+    def _handle(self, user_id: str) -> int:
+        """The user's handle, or _EMPTY if the user has no entry. O(1).
+
+        The probe of :meth:`_slot`, repeated here to spare the read
+        paths a call.
+        """
+        name = user_id.encode()
+        table = self._table
+        size = len(table)
+        slot = _hash(name) % size
+        while (handle := table[slot]) != _EMPTY:
+            if self._blob.startswith(name, self._offsets[handle]):
+                if self._lengths[handle] == len(name):
+                    return handle
+            slot = (slot + 1) % size
+        return _EMPTY
+
+    def _slot(self, name: bytes) -> int:
+        """The table slot that holds the user whose UTF-8 id is
+        ``name``, or else the empty slot where that user would go. O(1).
+        """
+        table = self._table
+        size = len(table)
+        slot = _hash(name) % size
+        while (handle := table[slot]) != _EMPTY:
+            # A stored id that only starts with ``name`` is another user.
+            if self._blob.startswith(name, self._offsets[handle]):
+                if self._lengths[handle] == len(name):
+                    return slot
+            slot = (slot + 1) % size
+        return slot
+
+    def _add_user(self, slot: int, name: bytes) -> int:
+        """Give the user a handle, their id a place in the blob, and the
+        handle the empty table slot ``slot``. O(1), or O(n) when the
+        table grows.
+        """
+        live = len(self._key_of) - len(self._free)
+        if live >= self._limit:
+            self._rehash(math.ceil((live + 1) / self._GROWN_LOAD))
+            slot = self._slot(name)
+
+        if self._free:
+            handle = self._free.pop()
+        else:
+            handle = len(self._key_of)
+            if handle >= _EMPTY:
+                raise OverflowError(_TOO_MANY_USERS)
+            self._key_of.append(None)
+            self._offsets.append(0)
+            self._lengths.append(0)
+        self._place(handle, name)
+        self._table[slot] = handle
+        return handle
+
+    def _place(self, handle: int, name: bytes) -> None:
+        """Write the handle's new user id into the blob. O(1)."""
+        length = len(name)
+        if length <= self._lengths[handle]:
+            # Reuse the bytes the handle's last user left behind.
+            start = self._offsets[handle]
+            self._blob[start : start + length] = name
+            self._garbage -= length
+        else:
+            start = len(self._blob)
+            self._blob += name
+        try:
+            self._offsets[handle] = start
+            self._lengths[handle] = length
+        except OverflowError:
+            # The blob or this id outgrew its column's type.
+            self._offsets = _stored(self._offsets, handle, start)
+            self._lengths = _stored(self._lengths, handle, length)
+
+    def _unlink(self, hole: int) -> None:
+        """Empty a table slot, moving back each later handle of its probe
+        run that may fill the gap, so every handle stays reachable from
+        its home slot without tombstones. O(1).
+        """
+        table = self._table
+        size = len(table)
+        slot = (hole + 1) % size
+        blob, offsets, lengths = self._blob, self._offsets, self._lengths
+        while (handle := table[slot]) != _EMPTY:
+            start = offsets[handle]
+            home = _hash(bytes(blob[start : start + lengths[handle]])) % size
+            # The handle may move to the hole if the hole lies on its
+            # probe path, from its home up to where it is now.
+            if (slot - home) % size >= (slot - hole) % size:
+                table[hole] = handle
+                hole = slot
+            slot = (slot + 1) % size
+        table[hole] = _EMPTY
+
+    def _rehash(self, size: int) -> None:
+        """Rebuild the table with ``size`` slots. O(n)."""
+        blob = bytes(self._blob)
+        spans = zip(self._offsets, self._lengths, strict=True)
+        homes = [_hash(blob[at : at + length]) % size for at, length in spans]
+        if self._free:
+            keys = zip(self._key_of, homes, strict=True)
+            placed = [
+                (h, home) for h, (key, home) in enumerate(keys) if key is not None
+            ]
+            self._set_table(_table_of(placed, size))
+        else:
+            self._set_table(_table_of(enumerate(homes), size))
+
+    def _set_table(self, table: array[int]) -> None:
+        self._table = table
+        self._limit = int(len(table) * self._MAX_LOAD)
+
+    def _garbage_limit(self) -> int:
+        """The most bytes of removed users the blob may keep: as many as
+        the live users' ids take, or one per handle, whichever is more.
+        A rewrite visits every handle and live byte, so it comes only
+        after at least as many bytes were removed: O(1) per byte.
+        """
+        return max(len(self._blob) - self._garbage, len(self._key_of))
+
+    def _compact(self) -> None:
+        """Rewrite the blob with the ids of live users only. O(n)."""
+        blob = bytes(self._blob)
+        names = [
+            b"" if key is None else blob[start : start + length]
+            for key, start, length in zip(
+                self._key_of, self._offsets, self._lengths, strict=True
+            )
+        ]
+        self._store_names(names)
+
+    def _store_names(self, names: list[bytes]) -> None:
+        """Make the blob hold ``names[h]`` for each handle h. O(n)."""
+        lengths = list(map(len, names))
+        starts = list(accumulate(lengths, initial=0))
+        self._blob = bytearray().join(names)
+        self._garbage = 0
+        self._offsets = array(_typecode(starts.pop()), starts)
+        self._lengths = array(_typecode(max(lengths, default=0)), lengths)
+
+    def _load_users(self, names: list[bytes]) -> None:
+        """Give the i-th user handle i, for a new index. O(n).
+
+        Raises ValueError if a user appears twice.
+        """
+        self._store_names(names)
+        size = max(_MIN_TABLE, math.ceil(len(names) / self._BUILT_LOAD))
+        homes = [h % size for h in map(_hash, names)]
+        self._set_table(_table_of(enumerate(homes), size))
+        if len(set(names)) < len(names):
+            raise ValueError("a user appears twice in one index")
+
+    def _load_metadata(self, names: list[bytes], metadata: _Metadata) -> None:
+        """Attach metadata to the i-th user of ``names``, handle i, for
+        a new index. O(n), in one pass over ``names`` that runs in C:
+        when many entries carry metadata, as after a load, that is
+        cheaper than a probe of the table for each.
+        """
+        wanted = {
+            user.encode() if isinstance(user, str) else user: value
+            for user, value in metadata.items()
+        }
+        values = list(map(wanted.get, names))
+        if len(values) - values.count(None) < len(wanted):
+            raise ValueError("metadata names a user with no entry")
+
+        # Empty metadata is no metadata: both of these skip it.
+        handles = compress(range(len(values)), values)
+        self._metadata = dict(zip(handles, filter(None, values), strict=True))
 
     def _check(self) -> None:
         """Assert every invariant of the index. O(n log n)."""
         self._keys._check()
-        assert len(self._keys) == len(self._by_user)
-        live = len(self._users) - len(self._free)
-        assert live == len(self._by_user)
+        key_of = self._key_of
+        held = {h: key for h, key in enumerate(key_of) if key is not None}
+        assert len(held) == len(self._keys) == len(key_of) - len(self._free)
+        assert sorted(held.values()) == list(self._keys)
+        assert all(_keys.key_handle(key) == h for h, key in held.items())
         assert len(set(self._free)) == len(self._free)
-        for handle in self._free:
-            assert self._users[handle] is None
+        assert all(key_of[handle] is None for handle in self._free)
+        live = list(held)
 
-        for user, key in self._by_user.items():
-            assert self._users[_keys.key_handle(key)] == user
+        self._check_blob(live)
+        self._check_table(live)
 
-        assert set(self._metadata) <= set(self._by_user)
+        assert set(self._metadata) <= set(live)
         assert all(self._metadata.values())
 
         # Key order must be rank order, including user id within a run.
@@ -296,8 +603,87 @@ class LeaderboardIndex:
         ]
         assert all(a < b for a, b in zip(order, order[1:], strict=False))
 
+    def _check_blob(self, live: list[int]) -> None:
+        """Every handle's id lies in the blob, apart from every other's."""
+        offsets, lengths = self._offsets, self._lengths
+        assert len(offsets) == len(lengths) == len(self._key_of)
+        end = 0
+        for start, length in sorted(zip(offsets, lengths, strict=True)):
+            if length:
+                assert start >= end
+                end = start + length
+        assert end <= len(self._blob)
 
-def _number_ties(keys: list[int], prefixes: list[int], users: Sequence[str]) -> None:
+        used = sum(lengths[handle] for handle in live)
+        assert self._garbage == len(self._blob) - used
+        assert self._garbage <= self._garbage_limit()
+        for handle in live:
+            self._name(handle).decode()
+
+    def _check_table(self, live: list[int]) -> None:
+        """The table holds each live handle once, and finds its user."""
+        table = self._table
+        assert len(table) >= _MIN_TABLE
+        assert len(live) <= self._limit < len(table)
+        assert sorted(h for h in table if h != _EMPTY) == live
+        for handle in live:
+            assert table[self._slot(bytes(self._name(handle)))] == handle
+
+
+def _utf8(users: Sequence[str] | Sequence[bytes]) -> list[bytes]:
+    """Users' ids in UTF-8, as given if they are bytes already. O(n)."""
+    if users and isinstance(users[0], str):
+        return list(map(str.encode, users))  # type: ignore[arg-type]
+    return list(users)  # type: ignore[arg-type]
+
+
+def _table_of(placed: Iterable[tuple[int, int]], size: int) -> array[int]:
+    """A hash table of ``size`` slots holding each (handle, home slot)
+    of ``placed``, probed linearly from the home slot. O(n) expected.
+    """
+    empty = _EMPTY
+    table = array(_TABLE_TYPE, [empty]) * size
+    for handle, slot in placed:
+        while table[slot] != empty:
+            slot += 1
+            if slot == size:
+                slot = 0
+        table[slot] = handle
+    return table
+
+
+def _typecode(largest: int) -> str:
+    """The narrowest unsigned array type that holds ``largest``."""
+    for code in "BHIQ":
+        if largest < 1 << 8 * array(code).itemsize:
+            return code
+    raise OverflowError(f"{largest} does not fit in an array")
+
+
+def _stored(column: array[int], index: int, value: int) -> array[int]:
+    """``column`` with ``value`` at ``index``: ``column`` itself, or a
+    wider copy of it if ``value`` does not fit its type.
+    """
+    try:
+        column[index] = value
+    except OverflowError:
+        column = array(_typecode(value), column)
+        column[index] = value
+    return column
+
+
+def _allocated(size: int) -> int:
+    """The bytes the allocator hands out for a request of ``size``."""
+    if size > _SMALL_OBJECT:
+        return size
+    return -(-size // _ALIGNMENT) * _ALIGNMENT
+
+
+def _number_ties(
+    keys: list[int],
+    prefixes: list[int],
+    users: Sequence[bytes],
+) -> None:
     """Set the tie field of keys that share a prefix, in user id order."""
     shared = {prefix for prefix, count in Counter(prefixes).items() if count > 1}
     runs: defaultdict[int, list[int]] = defaultdict(list)

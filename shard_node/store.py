@@ -76,9 +76,11 @@ _FIND_REQUESTS = """
 # Rows of deleted leaderboards have no catalog row and are not loaded.
 # Unordered: the shard sorts in memory, which is far cheaper than a sort
 # in PostgreSQL.
+# User ids arrive as their UTF-8 bytes, the form the index keeps them
+# in, which spares decoding and encoding each one.
 _LOAD_SCORES = """
     SELECT s.board_id, s.period_start_us, b.ascending,
-           s.user_id, s.score, s.reached_us, s.metadata
+           convert_to(s.user_id, 'UTF8'), s.score, s.reached_us, s.metadata
     FROM user_score s JOIN leaderboards b ON b.id = s.board_id
     WHERE s.slot = ANY(%s)
 """
@@ -162,10 +164,11 @@ class _Columns:
     """One leaderboard period's rows as they arrive."""
 
     ascending: bool
-    users: list[str] = field(default_factory=list)
+    # User ids in UTF-8, as LeaderboardIndex.from_columns takes them.
+    users: list[bytes] = field(default_factory=list)
     scores: list[int] = field(default_factory=list)
     reached: list[int] = field(default_factory=list)
-    metadata: dict[str, bytes] = field(default_factory=dict)
+    metadata: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

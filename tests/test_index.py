@@ -6,24 +6,32 @@ Every change goes through ``upsert`` or ``remove`` below, which call
 
 from __future__ import annotations
 
+import gc
 import random
+import tracemalloc
+from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 
 from chronoscore._keys import REACHED_MAX, SCORE_MAX, SCORE_MIN, TIE_LIMIT
+from shard_node import index as index_module
 from shard_node.index import IndexEntry, LeaderboardIndex
 
 # Python compares str by code point, which is also UTF-8 byte order.
 # "B" < "a" (case), "\ufb01" < emoji (UTF-16 order would swap these),
 # and "e\u0301" is a different user from "é" (no normalization).
 ODD_USERS = "a B é e\u0301 ß Ω 日本 \ufb01 \U0001f600 a\U0001f600 a\uffff".split()
+# Ids too long for one byte of length: 300, 260 and 270 bytes of UTF-8.
+LONG_USERS = ["x" * 300, "é" * 130, "日" * 90]
 Index = LeaderboardIndex
 
 
-def upsert(index: Index, user: str, score: int, reached: int) -> None:
-    index.upsert(user, score, reached)
+def upsert(
+    index: Index, user: str, score: int, reached: int, metadata: bytes | None = None
+) -> None:
+    index.upsert(user, score, reached, metadata)
     index._check()
 
 
@@ -197,6 +205,17 @@ def test_int64_extreme_scores_and_times() -> None:
     assert index.get("max") == IndexEntry("max", SCORE_MIN, REACHED_MAX)
 
 
+def test_a_key_of_zero_is_a_live_entry() -> None:
+    # The best possible position on handle 0 makes the key 0 itself.
+    index = LeaderboardIndex.from_columns(["top", "gone"], [SCORE_MAX, 1], [0, 0])
+    assert index._key_of[0] == 0
+    assert remove(index, "gone")
+    for i in range(20):
+        upsert(index, f"g{i}", i, 1)
+    assert index.get("top") == IndexEntry("top", SCORE_MAX, 0)
+    assert index.rank_of("top") == 0 and "top" in index.user_ids()
+
+
 def test_scores_above_2_53_keep_exact_order() -> None:
     big = 2**53
     # These differ by 1 but not as floats.
@@ -269,7 +288,7 @@ def test_handles_are_reused_after_remove() -> None:
     upsert(index, "new3", 9, 0)
 
     # Reused handles must name the new users, never the removed ones.
-    assert len(index._users) == 6
+    assert len(index._key_of) == 6
     assert users(index) == ["new3", "aaa", "new1", "old0", "old2", "old5"]
     assert index.get("old3") is None
     assert index.get("new1") == IndexEntry("new1", 5, 5)
@@ -307,11 +326,198 @@ def test_upsert_into_a_full_tie_run_leaves_index_unchanged(user: str) -> None:
     assert remove(index, "outsider") is True
 
 
+def test_users_with_non_ascii_and_long_ids() -> None:
+    names = ODD_USERS + LONG_USERS
+    index = build((user, 1, i) for i, user in enumerate(names))
+
+    assert index._lengths.typecode == "H"
+    assert sorted(index.user_ids()) == sorted(names)
+    for rank, user in enumerate(names):
+        assert index.get(user) == IndexEntry(user, 1, rank)
+        assert index.rank_of(user) == rank and user in index
+    assert index.get("e") is None and "x" * 299 not in index
+
+    # A user whose id is a prefix of another's is a different user.
+    upsert(index, "x" * 299, 0, 0)
+    assert remove(index, "x" * 300) and index.get("x" * 299) is not None
+    assert remove(index, "é")
+    assert index.get("e\u0301") == IndexEntry("e\u0301", 1, 3)
+    upsert(index, "é", 2, 0)
+    assert index.rank_of("é") == 0 and index.count_ahead(2, 0, "é") == 0
+    assert index.count_ahead(2, 0, "\U0001f600") == 1
+
+
+def test_from_columns_takes_ids_as_utf8_bytes() -> None:
+    names = ODD_USERS + LONG_USERS
+    scores = [i % 3 for i in range(len(names))]
+    reached = [5] * len(names)
+    metadata = {"ß": b"eszett", "日本": b""}
+    by_str = LeaderboardIndex.from_columns(names, scores, reached, metadata=metadata)
+    by_bytes = LeaderboardIndex.from_columns(
+        [user.encode() for user in names],
+        scores,
+        reached,
+        metadata={user.encode(): value for user, value in metadata.items()},
+    )
+    by_str._check()
+    by_bytes._check()
+
+    assert list(by_bytes) == list(by_str) == rank_order(by_str)
+    assert by_bytes.metadata("ß") == by_str.metadata("ß") == b"eszett"
+    assert by_bytes.metadata("日本") == b"" and len(by_bytes._metadata) == 1
+    with pytest.raises(ValueError, match="twice"):
+        LeaderboardIndex.from_columns([b"a", b"b", b"a"], [1, 2, 3], [0, 0, 0])
+    with pytest.raises(ValueError, match="no entry"):
+        LeaderboardIndex.from_columns(["a"], [1], [0], metadata={"b": b"x"})
+    with pytest.raises(ValueError, match="length"):
+        LeaderboardIndex.from_columns(["a", "b"], [1], [0])
+
+
+def test_metadata_belongs_to_the_user_not_the_handle() -> None:
+    index = build([])
+    upsert(index, "a", 1, 1, b"meta-a")
+    upsert(index, "b", 2, 1, b"meta-b")
+    upsert(index, "a", 5, 5)
+    assert index.metadata("a") == b"meta-a"
+    upsert(index, "a", 5, 6, b"")
+    assert index.metadata("a") == b"" and index.metadata("b") == b"meta-b"
+
+    # A new user given b's old handle starts without metadata.
+    assert remove(index, "b")
+    upsert(index, "c", 3, 3)
+    assert index.metadata("c") == b"" and index.metadata("b") == b""
+    assert len(index._key_of) == 2
+
+
+def test_freed_id_bytes_are_reused_then_compacted() -> None:
+    names = [f"user{i:04d}" for i in range(200)]
+    index = build((user, i, 0) for i, user in enumerate(names))
+    for user in names[::2]:
+        assert remove(index, user)
+    live = names[1::2]
+
+    # Freed bytes may match the live ones. A shorter id takes over a
+    # freed handle's bytes; a longer one goes at the end.
+    assert len(index._blob) == 200 * 8
+    upsert(index, "short", 1, 1)
+    assert len(index._blob) == 200 * 8
+    upsert(index, "a-much-longer-user-id", 1, 2)
+    assert len(index._blob) == 200 * 8 + 21
+    live += ["short", "a-much-longer-user-id"]
+
+    # Two more removals tip freed bytes over the live ones.
+    for user in names[1:5:2]:
+        assert index._garbage > 0
+        assert remove(index, user)
+        live.remove(user)
+    assert index._garbage == 0
+    assert len(index._blob) == sum(len(user) for user in live)
+
+    # Removed users come back on freed handles, never on new ones.
+    for user in names[::2]:
+        upsert(index, user, 0, 7)
+    assert len(index._key_of) == 200
+    assert sorted(index.user_ids()) == sorted(live + names[::2])
+    assert index.get("user0004") == IndexEntry("user0004", 0, 7)
+
+
+def test_table_grows_with_the_index() -> None:
+    index = LeaderboardIndex()
+    sizes = set()
+    for i in range(3000):
+        index.upsert(f"g{i}", i % 17, i)
+        sizes.add(len(index._table))
+        if i % 300 == 0:
+            index._check()
+    index._check()
+
+    assert len(sizes) >= 5
+    assert len(index) <= len(index._table) * LeaderboardIndex._MAX_LOAD
+    assert index.rank_of("g16") == 0
+    assert index.get("g2999") == IndexEntry("g2999", 2999 % 17, 2999)
+
+
+def test_columns_widen_when_a_value_outgrows_them() -> None:
+    column = array("B", [1, 2])
+    column = index_module._stored(column, 1, 300)
+    assert column.typecode == "H" and list(column) == [1, 300]
+    column = index_module._stored(column, 0, 2**32)
+    assert column.typecode == "Q" and list(column) == [2**32, 300]
+    assert index_module._stored(column, 1, 5) is column
+
+
+# Memory, for a shard of 10-character ids such as "u000123456".
+MEMORY_ENTRIES = 200_000
+Columns = tuple[list[str], list[int], list[int]]
+
+
+def memory_columns(count: int, seed: int = 8) -> Columns:
+    rng = random.Random(seed)
+    users = [f"u{i:09d}" for i in rng.sample(range(10**9), count)]
+    scores = [int(rng.paretovariate(1.2) * 100) for _ in range(count)]
+    start = 1_796_256_000_000_000
+    reached = [start + rng.randrange(10**12) for _ in range(count)]
+    return users, scores, reached
+
+
+def traced(make: Callable[[], Index]) -> tuple[Index, int]:
+    """What ``make`` returns, and the bytes still allocated after it."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index = make()
+        gc.collect()
+        return index, tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="module")
+def loaded() -> tuple[Index, int]:
+    """A bulk-built index, and the bytes it holds by tracemalloc."""
+    columns = memory_columns(MEMORY_ENTRIES)
+    return traced(lambda: LeaderboardIndex.from_columns(*columns))
+
+
+def test_memory_bytes_agrees_with_tracemalloc(loaded: tuple[Index, int]) -> None:
+    index, held = loaded
+    assert len(index) == MEMORY_ENTRIES
+    assert index.memory_bytes() == pytest.approx(held, rel=0.15)
+
+
+def test_memory_per_entry_is_at_most_100_bytes(loaded: tuple[Index, int]) -> None:
+    index, held = loaded
+    assert {len(user) for user in index.user_ids()} == {10}
+    assert index.memory_bytes() / MEMORY_ENTRIES <= 100
+    assert held / MEMORY_ENTRIES <= 100
+
+
+def test_memory_bytes_agrees_with_tracemalloc_after_churn() -> None:
+    def churn() -> Index:
+        users, scores, reached = memory_columns(10_000)
+        index = LeaderboardIndex.from_columns(users, scores, reached)
+        # Enough removals to rewrite the blob, and enough new users to
+        # grow the table, some of them with metadata.
+        for user in users[:7_000]:
+            index.remove(user)
+        newcomers, scores, reached = memory_columns(12_000, seed=9)
+        for i, user in enumerate(newcomers):
+            metadata = b"" if i % 4 == 0 else f"m{i}".encode()
+            index.upsert("n" + user, scores[i], reached[i], metadata)
+        return index
+
+    index, held = traced(churn)
+    assert len(index) == 15_000 and len(index._metadata) == 9_000
+    assert index.memory_bytes() == pytest.approx(held, rel=0.15)
+
+
 # The randomized run: small ranges so that equal scores and whole runs
 # of shared (score, reached_us) are common.
-POOL = [f"u{i}" for i in range(30)] + ODD_USERS
+POOL = [f"u{i}" for i in range(30)] + ODD_USERS + LONG_USERS
 FOREIGN = [*POOL, "", "u", "zz", "\U0010ffff"]
 Model = dict[str, tuple[int, int]]
+Metadata = dict[str, bytes]
 Rng = random.Random
 
 
@@ -327,24 +533,33 @@ def model_ahead(model: Model, score: int, reached: int, user: str) -> int:
 ACTIONS = ["insert"] * 4 + ["move"] * 4 + ["remove"] * 3 + ["read", "rebuild"]
 
 
-def step(index: Index, model: Model, rng: Rng) -> Index:
+def step(index: Index, model: Model, metadata: Metadata, rng: Rng) -> Index:
     """Apply one random action to both the index and the model."""
     action = rng.choice(ACTIONS)
     if action in ("insert", "move"):
         pool = [u for u in POOL if (u in model) == (action == "move")]
         user = rng.choice(pool or POOL)
         model[user] = (rng.randint(-3, 3), rng.randint(0, 3))
-        upsert(index, user, *model[user])
+        meta = rng.choice([None, None, b"", b"m", f"{user}:{len(model)}".encode()])
+        upsert(index, user, *model[user], meta)
+        if meta:
+            metadata[user] = meta
+        elif meta is not None:
+            metadata.pop(user, None)
     elif action == "remove":
         user = rng.choice(POOL)
         assert remove(index, user) == (model.pop(user, None) is not None)
+        metadata.pop(user, None)
     elif action == "read":
         assert list(index) == model_order(model)
+        assert sorted(index.user_ids()) == sorted(model)
         user = rng.choice(POOL)
         expected = IndexEntry(user, *model[user]) if user in model else None
         assert index.get(user) == expected
+        assert index.metadata(user) == metadata.get(user, b"")
     else:
-        index = LeaderboardIndex.from_entries(index)
+        kept = {user: index.metadata(user) for user in index.user_ids()}
+        index = LeaderboardIndex.from_entries(index, metadata=kept)
         index._check()
     return index
 
@@ -365,17 +580,38 @@ def compare(index: Index, model: Model, rng: Rng) -> None:
         assert index.count_ahead(score, reached, user) == ahead
 
 
-@pytest.mark.parametrize("seed", [11, 2024, 777])
-def test_random_steps_match_a_plain_model(seed: int) -> None:
+# Hashes for the user table that make users collide: all of them, all
+# of one length (negative, too), or all with one first byte. Probe runs
+# then wrap around the table's end, and removals shift whole runs back.
+HASHES: dict[str, Callable[[bytes], int]] = {
+    "builtin": hash,
+    "constant": lambda name: 7,
+    "length": lambda name: -len(name),
+    "first-byte": lambda name: name[0] if name else 0,
+}
+CASES = [(seed, "builtin") for seed in (11, 2024, 777)]
+CASES += [(5, name) for name in HASHES if name != "builtin"]
+
+
+@pytest.mark.parametrize(("seed", "hashing"), CASES)
+def test_random_steps_match_a_plain_model(
+    seed: int, hashing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "_hash", HASHES[hashing])
     rng = random.Random(seed)
     index = LeaderboardIndex()
     model: Model = {}
-    longest_run = 0
+    metadata: Metadata = {}
+    longest_run = compactions = 0
     for _ in range(3000):
-        index = step(index, model, rng)
+        before, blob = index, len(index._blob)
+        index = step(index, model, metadata, rng)
         compare(index, model, rng)
         runs = Counter(model.values())
         longest_run = max(longest_run, *runs.values(), 0)
+        compactions += index is before and len(index._blob) < blob
 
-    # The ranges must be small enough to exercise shared positions.
+    # The ranges must be small enough to exercise shared positions, and
+    # removals frequent enough to rewrite the blob now and then.
     assert longest_run >= 3
+    assert compactions >= 1, compactions
