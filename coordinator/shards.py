@@ -275,7 +275,10 @@ class _ReadStream:
     """Reads to one shard over one long-lived Read stream.
 
     A read costs one message each way instead of a call of its own. The
-    replies are matched to their reads by id. When the stream ends, for
+    replies are matched to their reads by id. Messages are written by
+    one task of the stream's own, so a read that gives up (its deadline
+    passed, its caller went away) never cuts a write short, which would
+    end the stream for every read on it. When the stream ends, for
     whatever reason, every read still waiting on it fails as
     Unavailable, and the next read opens a new stream.
     """
@@ -285,9 +288,15 @@ class _ReadStream:
         self.ended = False
         self._call = stub.Read(metadata=((SHARD_HEADER, shard),))
         self._ids = itertools.count(1)
+        # Each waiting read's future gets its reply, or the error that
+        # ended the stream: a value, never an exception, so a future
+        # whose read has gone leaves nothing unretrieved behind.
         self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._writing = asyncio.Lock()
-        self._replies = asyncio.ensure_future(self._receive())
+        self._outbox: asyncio.Queue[_shard_pb.ReadRequest] = asyncio.Queue()
+        self._tasks = (
+            asyncio.ensure_future(self._send()),
+            asyncio.ensure_future(self._receive()),
+        )
 
     async def read(self, kind: str, request: Any, digest: str, timeout: float) -> Any:
         """The reply to one read, or the error it failed with."""
@@ -298,31 +307,41 @@ class _ReadStream:
         self._waiting[read_id] = reply
         message = _shard_pb.ReadRequest(id=read_id, slots_digest=digest)
         getattr(message, kind).CopyFrom(request)
+        self._outbox.put_nowait(message)
         try:
             async with asyncio.timeout(timeout):
-                async with self._writing:
-                    await self._call.write(message)
                 answer = await reply
         except TimeoutError:
             raise Unavailable(
                 f"shard {self.shard} is unavailable: no answer within {timeout:.2f} s"
             ) from None
-        except aio.AioRpcError as exc:
-            raise _translate(self.shard, exc) from None
-        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-            self._end()
-            raise Unavailable(
-                f"shard {self.shard} is unavailable: its stream ended ({exc})"
-            ) from None
         finally:
             self._waiting.pop(read_id, None)
+        if isinstance(answer, ChronoscoreError):
+            raise answer
         if answer.HasField("failure"):
             raise from_code_number(answer.failure.code, answer.failure.message)
         return getattr(answer, answer.WhichOneof("result"))
 
     def close(self) -> None:
         self._call.cancel()
-        self._end()
+        for task in self._tasks:
+            task.cancel()
+        self._end(Unavailable(f"shard {self.shard} is unavailable: closed"))
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                message = await self._outbox.get()
+                await self._call.write(message)
+        except aio.AioRpcError as exc:
+            self._end(_translate(self.shard, exc))
+        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            self._end(
+                Unavailable(f"shard {self.shard} is unavailable: stream ended ({exc})")
+            )
+        except asyncio.CancelledError:
+            pass
 
     async def _receive(self) -> None:
         error: ChronoscoreError = Unavailable(
@@ -343,12 +362,18 @@ class _ReadStream:
         finally:
             self._end(error)
 
-    def _end(self, error: ChronoscoreError | None = None) -> None:
-        self.ended = True
-        error = error or Unavailable(f"shard {self.shard} is unavailable: closed")
+    def _end(self, error: ChronoscoreError) -> None:
+        """Fail every waiting read with ``error``; later reads open a new
+        stream."""
+        if not self.ended:
+            self.ended = True
+            self._call.cancel()
+            for task in self._tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
         for waiting in self._waiting.values():
             if not waiting.done():
-                waiting.set_exception(error)
+                waiting.set_result(error)
         self._waiting.clear()
 
 

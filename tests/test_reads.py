@@ -208,3 +208,49 @@ def test_a_paused_shard_fails_reads_in_time_and_serves_again_after(
     assert cluster.names[0] in str(caught.value)
     for _ in range(3):
         assert client.rank(BOARD, user) == before
+
+
+def test_callers_that_give_up_early_do_not_fail_the_others(
+    cluster: LocalCluster, board: spb.BoardPeriod
+) -> None:
+    """Reads whose deadlines pass while their messages are being sent
+    leave the shared streams whole for every other read."""
+    from chronoscore.v1 import leaderboard_pb2 as pb
+    from chronoscore.v1 import leaderboard_pb2_grpc as pb_grpc
+
+    users = [f"r{i}" for i in range(60)]
+    with grpc.insecure_channel(cluster.target) as channel:
+        stub = pb_grpc.LeaderboardServiceStub(channel)
+        failures: list[grpc.RpcError] = []
+        for round_ in range(40):
+            hasty = [
+                stub.GetRank.future(
+                    pb.GetRankRequest(leaderboard=BOARD, user_id=users[i]),
+                    timeout=0.002 * (1 + i % 10),
+                )
+                for i in range(20)
+            ]
+            try:
+                stub.GetRank(
+                    pb.GetRankRequest(leaderboard=BOARD, user_id=users[round_]),
+                    timeout=10,
+                )
+                stub.GetPage(
+                    pb.GetPageRequest(leaderboard=BOARD, offset=20, limit=5),
+                    timeout=10,
+                )
+            except grpc.RpcError as exc:
+                failures.append(exc)
+            for call in hasty:
+                try:
+                    call.result()
+                except grpc.RpcError as exc:
+                    # Only their own deadline, or a shard read that hit it.
+                    assert exc.code() in (
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.UNAVAILABLE,
+                    ), exc
+        assert failures == []
+    assert cluster.log_dir is not None
+    log = (cluster.log_dir / "coordinator.log").read_text()
+    assert "never retrieved" not in log and "Traceback" not in log

@@ -173,8 +173,10 @@ class ShardServiceServicer:
     def Read(self, request_iterator, context):
         """Range, Between, Count and Lookup over one long-lived stream: each
         reply carries the id of its request, and replies may come in any
-        order. Cheaper per read than a call of its own. A bad request fails
-        alone; the stream ends when the shard drains.
+        order. Cheaper per read than a call of its own. A read that is
+        refused fails alone, with a failure reply; bytes that do not parse
+        as a ReadRequest end the stream with INVALID_ARGUMENT, as their id
+        cannot be read. The stream ends when the shard drains.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
