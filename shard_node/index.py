@@ -10,32 +10,41 @@ arrays, with no Python object per user besides the key:
   or None for a free handle;
 - ``_blob``: every user id in UTF-8, back to back in one ``bytearray``,
   found through the ``_offsets`` and ``_lengths`` arrays;
-- ``_table``: an open-addressing hash table of handles, an array probed
-  linearly from the hash of the user id's UTF-8 bytes;
+- ``_tables``: an open-addressing hash table of handles, probed
+  linearly from the hash of the user id's UTF-8 bytes and cut into
+  segments, one array each: the low bits of the hash pick the segment
+  and the rest the home slot in it, so each segment grows on its own;
 - ``_free``: handles of removed users, for new users to take;
 - ``_metadata``: handle to metadata, for the entries that carry any.
 
 Per entry with 10-byte ids, counting pymalloc's rounding to 16 bytes:
-the key int 48, its sorted list slot 8 (plus under 1 for the list's
-own nodes), its ``_key_of`` slot 8, the id 10, its offset 4 and length
-1, and a 4-byte table slot at a load of 0.4 to 0.7, so 6 to 10 bytes.
-That is 85 to 90 bytes, and 86 right after a bulk build, which sizes
-the table for a load of 0.55. An entry with metadata adds a bytes
-object of 33 bytes plus its length, rounded up to 16, a dict slot, and
-its handle as a 32-byte int.
+the key int 48, its sorted list slot 8 (plus under 1 for the list's own
+nodes), its ``_key_of`` slot 8, the id 10, its offset 4 and length 1,
+and a 4-byte table slot at a load of 0.4 to 0.7, so 6 to 10 bytes. That
+is 85 to 90 bytes, and 86 right after a bulk build, which sizes the
+table for a load of 0.55. As segments grow at different times, a large
+index is mostly near the middle of that range. The 1024 segments of a
+large index add about 100 bytes each, under 2 bytes per entry at 64k
+entries and a tenth of a byte at a million. An entry with metadata adds
+a bytes object of 33 bytes plus its length, rounded up to 16, a dict
+slot, and its handle as a 32-byte int.
 
 Limits, as contracts:
 
-- The table grows once more than 70% of its slots are taken, by
-  rehashing every user: O(n), about half a second per million users,
-  once the index has grown by 75% since (27% after a bulk build).
+- A segment grows once more than 70% of its slots are taken, by
+  rehashing only its own users: O(n / 1024), about half a millisecond
+  per million users in the index. Segments grow at different times.
+- An index is one segment until it holds 65,536 users, and is then
+  split into 1024 segments once, by rehashing every user: about 30 ms.
+  It never goes back to one segment; a bulk build of that many users
+  or more builds the segments directly.
 - A removal moves later handles of its probe run back into the gap,
   so there are no tombstones, and churn never forces a rehash.
 - A removed user's bytes stay in the blob, and a new user given that
   handle reuses them if its id fits. The blob is rewritten without
   them once they outweigh both the live ids and the number of handles.
-- Nothing shrinks: the handle arrays and the table stay sized for the
-  most users the index has held at once.
+- Nothing shrinks: the handle arrays and the table's segments stay
+  sized for the most users the index has held at once.
 
 The index holds no durable state: the shard rebuilds it from PostgreSQL
 at start, and changes it only after PostgreSQL has committed them.
@@ -102,12 +111,18 @@ class LeaderboardIndex:
     most ``_keys.HANDLE_LIMIT - 1`` users.
     """
 
-    # The table is rebuilt once more than _MAX_LOAD of its slots hold a
-    # handle, to a size where _GROWN_LOAD do; a bulk build sizes it for
-    # _BUILT_LOAD, as a freshly loaded shard rarely grows by much.
+    # A segment of the table is rebuilt once more than _MAX_LOAD of its
+    # slots hold a handle, to a size where _GROWN_LOAD do; a bulk build
+    # sizes segments for _BUILT_LOAD, as a freshly loaded shard rarely
+    # grows by much.
     _MAX_LOAD = 0.7
     _GROWN_LOAD = 0.4
     _BUILT_LOAD = 0.55
+    # The table is one segment until the index holds _SPLIT_AT users,
+    # which a full rebuild handles in about 30 ms; it is then split into
+    # _SEGMENTS, a power of two, for good. Tests lower both.
+    _SPLIT_AT = 65_536
+    _SEGMENTS = 1024
 
     def __init__(
         self, entries: Iterable[IndexEntry] = (), *, ascending: bool = False
@@ -121,8 +136,12 @@ class LeaderboardIndex:
         self._lengths = array("B")
         # Bytes of the blob that belong to no live user.
         self._garbage = 0
-        self._table = array(_TABLE_TYPE, [_EMPTY]) * _MIN_TABLE
-        self._limit = int(_MIN_TABLE * self._MAX_LOAD)
+        # A user's segment is the low _bits of its hash, and the rest
+        # of the hash picks its home slot there.
+        self._bits = 0
+        self._mask = 0
+        self._tables = [array(_TABLE_TYPE, [_EMPTY]) * _MIN_TABLE]
+        self._counts = array(_TABLE_TYPE, [0])
         # Only entries that carry metadata have a slot here.
         self._metadata: dict[int, bytes] = {}
         for entry in entries:
@@ -230,16 +249,17 @@ class LeaderboardIndex:
         reached_us: int,
         metadata: bytes | None = None,
     ) -> None:
-        """Insert or move the user's entry. O(log n + t), and O(n) when
-        a new user makes the table grow.
+        """Insert or move the user's entry. O(log n + t), plus O(n / S)
+        when a new user makes one of the S segments of the table grow,
+        and O(n) once, when the table is split.
 
         ``metadata`` replaces the stored metadata unless it is None.
         Raises OverflowError, changing nothing, if TIE_LIMIT entries
         already share this score and time.
         """
         name = user_id.encode()
-        slot = self._slot(name)
-        handle = self._table[slot]
+        segment, slot = self._slot(name)
+        handle = self._tables[segment][slot]
         old = None if handle == _EMPTY else self._key_of[handle]
         run = [key for key in self._run(score, reached_us) if key != old]
         if len(run) >= _keys.TIE_LIMIT:
@@ -248,7 +268,7 @@ class LeaderboardIndex:
             )
 
         if old is None:
-            handle = self._add_user(slot, name)
+            handle = self._add_user(segment, slot, name)
         else:
             self._keys.remove(old)
         if metadata:
@@ -282,8 +302,8 @@ class LeaderboardIndex:
         plus now and then an O(n) rewrite of the blob, amortized O(1)
         per byte of removed ids.
         """
-        slot = self._slot(user_id.encode())
-        handle = self._table[slot]
+        segment, slot = self._slot(user_id.encode())
+        handle = self._tables[segment][slot]
         if handle == _EMPTY:
             return False
         key = self._key_of[handle]
@@ -295,7 +315,8 @@ class LeaderboardIndex:
         self._key_of[handle] = None
         self._free.append(handle)
         self._garbage += self._lengths[handle]
-        self._unlink(slot)
+        self._unlink(segment, slot)
+        self._counts[segment] -= 1
         if self._garbage > self._garbage_limit():
             self._compact()
         return True
@@ -354,7 +375,8 @@ class LeaderboardIndex:
         keys = self._keys
         parts = [self, self.__dict__, keys, keys._maxes, keys._index]
         parts += [keys._lists, *keys._lists, self._key_of, self._free]
-        parts += [self._blob, self._offsets, self._lengths, self._table]
+        parts += [self._blob, self._offsets, self._lengths, self._counts]
+        parts += [self._tables, *self._tables]
         parts += [self._metadata, *self._metadata]
         # Equal short values may be one object, as CPython shares every
         # one-byte bytes object.
@@ -415,9 +437,10 @@ class LeaderboardIndex:
         paths a call.
         """
         name = user_id.encode()
-        table = self._table
+        code = _hash(name)
+        table = self._tables[code & self._mask]
         size = len(table)
-        slot = _hash(name) % size
+        slot = (code >> self._bits) % size
         while (handle := table[slot]) != _EMPTY:
             if self._blob.startswith(name, self._offsets[handle]):
                 if self._lengths[handle] == len(name):
@@ -425,30 +448,31 @@ class LeaderboardIndex:
             slot = (slot + 1) % size
         return _EMPTY
 
-    def _slot(self, name: bytes) -> int:
-        """The table slot that holds the user whose UTF-8 id is
-        ``name``, or else the empty slot where that user would go. O(1).
+    def _slot(self, name: bytes) -> tuple[int, int]:
+        """The segment of the user whose UTF-8 id is ``name``, and the
+        slot in it that holds the user, or else the empty slot where
+        that user would go. O(1).
         """
-        table = self._table
+        code = _hash(name)
+        segment = code & self._mask
+        table = self._tables[segment]
         size = len(table)
-        slot = _hash(name) % size
+        slot = (code >> self._bits) % size
         while (handle := table[slot]) != _EMPTY:
             # A stored id that only starts with ``name`` is another user.
             if self._blob.startswith(name, self._offsets[handle]):
                 if self._lengths[handle] == len(name):
-                    return slot
+                    return segment, slot
             slot = (slot + 1) % size
-        return slot
+        return segment, slot
 
-    def _add_user(self, slot: int, name: bytes) -> int:
+    def _add_user(self, segment: int, slot: int, name: bytes) -> int:
         """Give the user a handle, their id a place in the blob, and the
-        handle the empty table slot ``slot``. O(1), or O(n) when the
-        table grows.
+        handle the empty slot ``slot`` of ``segment``. O(1), or O(n / S)
+        when the segment grows.
         """
-        live = len(self._key_of) - len(self._free)
-        if live >= self._limit:
-            self._rehash(math.ceil((live + 1) / self._GROWN_LOAD))
-            slot = self._slot(name)
+        if self._maybe_grow(segment):
+            segment, slot = self._slot(name)
 
         if self._free:
             handle = self._free.pop()
@@ -460,8 +484,23 @@ class LeaderboardIndex:
             self._offsets.append(0)
             self._lengths.append(0)
         self._place(handle, name)
-        self._table[slot] = handle
+        self._tables[segment][slot] = handle
+        self._counts[segment] += 1
         return handle
+
+    def _maybe_grow(self, segment: int) -> bool:
+        """Make room in ``segment`` for one more user, if it needs it,
+        or split the table once the index is big enough; False if
+        nothing changed. O(1), or O(n / S) to grow, or O(n) to split.
+        """
+        if not self._bits and len(self._keys) >= self._SPLIT_AT:
+            self._split()
+            return True
+        count = self._counts[segment]
+        if count < int(len(self._tables[segment]) * self._MAX_LOAD):
+            return False
+        self._rehash(segment, math.ceil((count + 1) / self._GROWN_LOAD))
+        return True
 
     def _place(self, handle: int, name: bytes) -> None:
         """Write the handle's new user id into the blob. O(1)."""
@@ -482,18 +521,20 @@ class LeaderboardIndex:
             self._offsets = _stored(self._offsets, handle, start)
             self._lengths = _stored(self._lengths, handle, length)
 
-    def _unlink(self, hole: int) -> None:
-        """Empty a table slot, moving back each later handle of its probe
-        run that may fill the gap, so every handle stays reachable from
-        its home slot without tombstones. O(1).
+    def _unlink(self, segment: int, hole: int) -> None:
+        """Empty a slot of a segment, moving back each later handle of
+        its probe run that may fill the gap, so every handle stays
+        reachable from its home slot without tombstones. O(1).
         """
-        table = self._table
+        table = self._tables[segment]
         size = len(table)
         slot = (hole + 1) % size
         blob, offsets, lengths = self._blob, self._offsets, self._lengths
+        bits = self._bits
         while (handle := table[slot]) != _EMPTY:
             start = offsets[handle]
-            home = _hash(bytes(blob[start : start + lengths[handle]])) % size
+            code = _hash(bytes(blob[start : start + lengths[handle]]))
+            home = (code >> bits) % size
             # The handle may move to the hole if the hole lies on its
             # probe path, from its home up to where it is now.
             if (slot - home) % size >= (slot - hole) % size:
@@ -502,23 +543,84 @@ class LeaderboardIndex:
             slot = (slot + 1) % size
         table[hole] = _EMPTY
 
-    def _rehash(self, size: int) -> None:
-        """Rebuild the table with ``size`` slots. O(n)."""
+    def _rehash(self, segment: int, size: int) -> None:
+        """Rebuild one segment with ``size`` slots. O(n / S)."""
+        blob, offsets, lengths = self._blob, self._offsets, self._lengths
+        bits = self._bits
+        handles = [h for h in self._tables[segment] if h != _EMPTY]
+        codes = [
+            _hash(bytes(blob[offsets[h] : offsets[h] + lengths[h]])) for h in handles
+        ]
+        homes = [(code >> bits) % size for code in codes]
+        self._tables[segment] = _table_of(zip(handles, homes, strict=True), size)
+
+    def _split(self) -> None:
+        """Spread the users of the one segment over _SEGMENTS. O(n)."""
         blob = bytes(self._blob)
         spans = zip(self._offsets, self._lengths, strict=True)
-        homes = [_hash(blob[at : at + length]) % size for at, length in spans]
+        codes = [_hash(blob[at : at + length]) for at, length in spans]
         if self._free:
-            keys = zip(self._key_of, homes, strict=True)
-            placed = [
-                (h, home) for h, (key, home) in enumerate(keys) if key is not None
-            ]
-            self._set_table(_table_of(placed, size))
+            keys = zip(self._key_of, codes, strict=True)
+            live = [(h, c) for h, (key, c) in enumerate(keys) if key is not None]
+            handles: Sequence[int] = [h for h, _ in live]
+            codes = [c for _, c in live]
         else:
-            self._set_table(_table_of(enumerate(homes), size))
+            handles = range(len(codes))
+        self._fill(handles, codes, self._SEGMENTS, self._GROWN_LOAD)
 
-    def _set_table(self, table: array[int]) -> None:
-        self._table = table
-        self._limit = int(len(table) * self._MAX_LOAD)
+    def _fill(
+        self, handles: Sequence[int], codes: list[int], segments: int, load: float
+    ) -> None:
+        """Make the table ``segments`` segments, sized for ``load``, that
+        hold the i-th handle, whose id hashes to the i-th code. O(n).
+        """
+        self._bits = segments.bit_length() - 1
+        self._mask = segments - 1
+        if not self._fill_evenly(handles, codes, segments, load):
+            self._fill_exactly(handles, codes, segments, load)
+
+    def _fill_evenly(
+        self, handles: Sequence[int], codes: list[int], segments: int, load: float
+    ) -> bool:
+        """:meth:`_fill` with segments of one size; False, with nothing
+        set, if one of them would be too full. O(n).
+
+        The segments start interleaved in one array, where slot k of
+        segment s is at k * segments + s: there a code modulo the
+        array's length is the user's home, and probing by steps of
+        ``segments`` stays in the segment, so one pass over the users
+        costs about what filling one table does.
+        """
+        size = max(_MIN_TABLE, math.ceil(len(codes) / segments / load))
+        whole = _interleaved(handles, codes, segments, size)
+        if whole is None:
+            return False
+        tables = [whole[segment::segments] for segment in range(segments)]
+        counts = array(_TABLE_TYPE, [size - t.count(_EMPTY) for t in tables])
+        self._tables, self._counts = tables, counts
+
+        # One size fits the average segment; grow the few it does not.
+        for segment, count in enumerate(counts):
+            if count > int(size * self._MAX_LOAD):
+                self._rehash(segment, math.ceil(count / load))
+        return True
+
+    def _fill_exactly(
+        self, handles: Sequence[int], codes: list[int], segments: int, load: float
+    ) -> None:
+        """:meth:`_fill` with each segment sized for its own users. O(n)."""
+        bits, mask = self._bits, self._mask
+        where = [code & mask for code in codes]
+        counts = array(_TABLE_TYPE, [0]) * segments
+        for segment, count in Counter(where).items():
+            counts[segment] = count
+        sizes = [max(_MIN_TABLE, math.ceil(n / load)) for n in counts]
+        homes = [
+            (code >> bits) % sizes[s] for code, s in zip(codes, where, strict=True)
+        ]
+        tables = [array(_TABLE_TYPE, [_EMPTY]) * size for size in sizes]
+        _place_all(tables, handles, where, homes)
+        self._tables, self._counts = tables, counts
 
     def _garbage_limit(self) -> int:
         """The most bytes of removed users the blob may keep: as many as
@@ -554,9 +656,9 @@ class LeaderboardIndex:
         Raises ValueError if a user appears twice.
         """
         self._store_names(names)
-        size = max(_MIN_TABLE, math.ceil(len(names) / self._BUILT_LOAD))
-        homes = [h % size for h in map(_hash, names)]
-        self._set_table(_table_of(enumerate(homes), size))
+        segments = self._SEGMENTS if len(names) >= self._SPLIT_AT else 1
+        codes = list(map(_hash, names))
+        self._fill(range(len(names)), codes, segments, self._BUILT_LOAD)
         if len(set(names)) < len(names):
             raise ValueError("a user appears twice in one index")
 
@@ -621,13 +723,24 @@ class LeaderboardIndex:
             self._name(handle).decode()
 
     def _check_table(self, live: list[int]) -> None:
-        """The table holds each live handle once, and finds its user."""
-        table = self._table
-        assert len(table) >= _MIN_TABLE
-        assert len(live) <= self._limit < len(table)
-        assert sorted(h for h in table if h != _EMPTY) == live
+        """The segments hold each live handle once, each in the segment
+        of its user's hash, which finds the user.
+        """
+        tables, counts = self._tables, self._counts
+        assert self._bits in (0, self._SEGMENTS.bit_length() - 1)
+        assert len(tables) == len(counts) == 1 << self._bits == self._mask + 1
+        assert self._bits or len(live) <= self._SPLIT_AT
+        for table, count in zip(tables, counts, strict=True):
+            assert len(table) >= _MIN_TABLE
+            assert count == len(table) - table.count(_EMPTY)
+            assert count <= int(len(table) * self._MAX_LOAD) < len(table)
+        held = [h for table in tables for h in table if h != _EMPTY]
+        assert sorted(held) == live
         for handle in live:
-            assert table[self._slot(bytes(self._name(handle)))] == handle
+            name = bytes(self._name(handle))
+            segment, slot = self._slot(name)
+            assert segment == _hash(name) & self._mask
+            assert tables[segment][slot] == handle
 
 
 def _utf8(users: Sequence[str] | Sequence[bytes]) -> list[bytes]:
@@ -650,6 +763,51 @@ def _table_of(placed: Iterable[tuple[int, int]], size: int) -> array[int]:
                 slot = 0
         table[slot] = handle
     return table
+
+
+def _interleaved(
+    handles: Iterable[int], codes: list[int], segments: int, size: int
+) -> array[int] | None:
+    """A table of ``segments`` interleaved segments of ``size`` slots
+    holding each handle of ``handles`` (see ``_fill_evenly``), or None
+    if a segment is too small for its handles. O(n) expected.
+    """
+    empty = _EMPTY
+    total = segments * size
+    table = array(_TABLE_TYPE, [empty]) * total
+    # A handle wraps round its segment at most once unless the segment
+    # is full, so more wraps than handles means one is.
+    wraps, most = 0, len(codes)
+    for handle, code in zip(handles, codes, strict=True):
+        slot = code % total
+        while table[slot] != empty:
+            slot += segments
+            if slot >= total:
+                slot -= total
+                wraps += 1
+                if wraps > most:
+                    return None
+        table[slot] = handle
+    return table
+
+
+def _place_all(
+    tables: list[array[int]],
+    handles: Iterable[int],
+    where: Iterable[int],
+    homes: Iterable[int],
+) -> None:
+    """Put each handle of ``handles`` into its segment of ``where``,
+    probing linearly from its home slot of ``homes``. O(n) expected.
+    """
+    empty = _EMPTY
+    for handle, segment, slot in zip(handles, where, homes, strict=True):
+        table = tables[segment]
+        while table[slot] != empty:
+            slot += 1
+            if slot == len(table):
+                slot = 0
+        table[slot] = handle
 
 
 def _typecode(largest: int) -> str:

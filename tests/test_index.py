@@ -426,15 +426,101 @@ def test_table_grows_with_the_index() -> None:
     sizes = set()
     for i in range(3000):
         index.upsert(f"g{i}", i % 17, i)
-        sizes.add(len(index._table))
+        sizes.add(len(index._tables[0]))
         if i % 300 == 0:
             index._check()
     index._check()
 
-    assert len(sizes) >= 5
-    assert len(index) <= len(index._table) * LeaderboardIndex._MAX_LOAD
+    assert len(sizes) >= 5 and len(index._tables) == 1
+    assert len(index) <= len(index._tables[0]) * LeaderboardIndex._MAX_LOAD
     assert index.rank_of("g16") == 0
     assert index.get("g2999") == IndexEntry("g2999", 2999 % 17, 2999)
+
+
+@pytest.fixture
+def segmented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split tables of a few hundred users into 8 segments."""
+    monkeypatch.setattr(LeaderboardIndex, "_SPLIT_AT", 300)
+    monkeypatch.setattr(LeaderboardIndex, "_SEGMENTS", 8)
+
+
+@pytest.mark.usefixtures("segmented")
+def test_table_splits_once_then_segments_grow_alone() -> None:
+    index = LeaderboardIndex()
+    names = [f"s{i}" for i in range(4000)]
+    for i, user in enumerate(names[:300]):
+        index.upsert(user, i % 7, i)
+    assert len(index._tables) == 1
+    upsert(index, names[300], 0, 0)
+    assert len(index._tables) == 8
+
+    sizes: set[tuple[int, ...]] = set()
+    for i, user in enumerate(names[301:], start=301):
+        index.upsert(user, i % 7, i)
+        sizes.add(tuple(map(len, index._tables)))
+        if i % 500 == 0:
+            index._check()
+    index._check()
+    assert len(sizes) >= 20
+
+    # Falling back below the split size keeps the segments, so growing
+    # again cannot split again.
+    rng = random.Random(12)
+    gone = rng.sample(names, 3900)
+    for i, user in enumerate(gone):
+        assert index.remove(user)
+        if i % 400 == 0:
+            index._check()
+    index._check()
+    assert len(index) == 100 and len(index._tables) == 8
+    for i, user in enumerate(gone[:1000]):
+        index.upsert(user, 3, i)
+    index._check()
+    assert len(index) == 1100 and len(index._tables) == 8
+    assert index.get(gone[999]) == IndexEntry(gone[999], 3, 999)
+    assert sorted(index.user_ids()) == sorted(set(names) - set(gone[1000:]))
+
+
+@pytest.mark.usefixtures("segmented")
+def test_a_large_bulk_build_is_segmented_at_once() -> None:
+    for count, segments in [(299, 1), (300, 8), (2000, 8)]:
+        users, scores, reached = memory_columns(count)
+        index = LeaderboardIndex.from_columns(users, scores, reached)
+        index._check()
+        assert len(index._tables) == segments
+        assert all(index.get(user) for user in users[::97])
+
+    # Segments built for the build's load, not grown yet.
+    assert sum(index._counts) == 2000
+    assert sum(map(len, index._tables)) <= 2000 / 0.55 + 8
+
+
+@pytest.mark.usefixtures("segmented")
+def test_one_growth_rebuilds_one_segment() -> None:
+    users, scores, reached = memory_columns(5000)
+    index = LeaderboardIndex.from_columns(users, scores, reached)
+    before = list(index._tables)
+    newcomers = [f"new{i}" for i in range(5000)]
+    for i, user in enumerate(newcomers):
+        index.upsert(user, 1, i)
+        changed = [
+            segment
+            for segment, table in enumerate(index._tables)
+            if table is not before[segment]
+        ]
+        if changed:
+            break
+    index._check()
+
+    assert len(changed) == 1
+    [segment] = changed
+    grown = index._tables[segment]
+    assert len(grown) > len(before[segment])
+    assert index._counts[segment] - 1 == int(
+        len(before[segment]) * LeaderboardIndex._MAX_LOAD
+    )
+    # Every user of the other segments stayed where they were.
+    assert sum(index._counts) - index._counts[segment] < 5000 + i
 
 
 def test_columns_widen_when_a_value_outgrows_them() -> None:
@@ -589,29 +675,38 @@ HASHES: dict[str, Callable[[bytes], int]] = {
     "length": lambda name: -len(name),
     "first-byte": lambda name: name[0] if name else 0,
 }
-CASES = [(seed, "builtin") for seed in (11, 2024, 777)]
-CASES += [(5, name) for name in HASHES if name != "builtin"]
+CASES = [(seed, "builtin", 0) for seed in (11, 2024, 777)]
+CASES += [(5, name, 0) for name in HASHES if name != "builtin"]
+# With the table split into 4 segments as soon as 20 users are in.
+CASES += [(seed, "builtin", 20) for seed in (13, 15)]
+CASES += [(6, name, 20) for name in HASHES if name != "builtin"]
 
 
-@pytest.mark.parametrize(("seed", "hashing"), CASES)
+@pytest.mark.parametrize(("seed", "hashing", "split_at"), CASES)
 def test_random_steps_match_a_plain_model(
-    seed: int, hashing: str, monkeypatch: pytest.MonkeyPatch
+    seed: int, hashing: str, split_at: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(index_module, "_hash", HASHES[hashing])
+    if split_at:
+        monkeypatch.setattr(LeaderboardIndex, "_SPLIT_AT", split_at)
+        monkeypatch.setattr(LeaderboardIndex, "_SEGMENTS", 4)
     rng = random.Random(seed)
     index = LeaderboardIndex()
     model: Model = {}
     metadata: Metadata = {}
-    longest_run = compactions = 0
+    longest_run = compactions = splits = 0
     for _ in range(3000):
         before, blob = index, len(index._blob)
+        segments = len(index._tables)
         index = step(index, model, metadata, rng)
         compare(index, model, rng)
         runs = Counter(model.values())
         longest_run = max(longest_run, *runs.values(), 0)
         compactions += index is before and len(index._blob) < blob
+        splits += segments == 1 < len(index._tables)
 
     # The ranges must be small enough to exercise shared positions, and
     # removals frequent enough to rewrite the blob now and then.
     assert longest_run >= 3
     assert compactions >= 1, compactions
+    assert (splits >= 1) == bool(split_at), splits
