@@ -331,15 +331,17 @@ class _ReadStream:
 
     async def _send(self) -> None:
         try:
-            while True:
+            # A write racing the shard's refusal of the stream (another
+            # shard's address, say) makes gRPC end it as an internal
+            # error, losing the shard's answer; the first waits until
+            # the shard has taken the stream or refused it.
+            await self._call.initial_metadata()
+            while not self._call.done():
                 message = await self._outbox.get()
                 await self._call.write(message)
-        except aio.AioRpcError as exc:
-            self._end(_translate(self.shard, exc))
-        except (grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-            self._end(
-                Unavailable(f"shard {self.shard} is unavailable: stream ended ({exc})")
-            )
+        except (aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            # The stream has ended; _receive tells the reads how.
+            pass
         except asyncio.CancelledError:
             pass
 
@@ -357,6 +359,13 @@ class _ReadStream:
                     waiting.set_result(answer)
         except aio.AioRpcError as exc:
             error = _translate(self.shard, exc)
+            if exc.code() == grpc.StatusCode.INTERNAL:
+                # gRPC's own: a write met the stream's end. Shards send
+                # their errors as replies, never as the stream's status.
+                error = Unavailable(
+                    f"shard {self.shard} is unavailable: its stream broke"
+                    f" ({exc.details()})"
+                )
         except asyncio.CancelledError:
             pass
         finally:

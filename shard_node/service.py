@@ -267,6 +267,8 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         task = asyncio.current_task()
         assert task is not None
         shard = self.shard
+        # Tells the caller the stream is taken before it sends a read.
+        await context.send_initial_metadata(())
         try:
             while not shard.draining:
                 self._idle_readers.add(task)
