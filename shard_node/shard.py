@@ -677,10 +677,10 @@ class Shard:
             sign = 1 if write.mode == _pb.SCORE_MODE_INCREMENT else -1
             score = base + sign * write.score
             if not _keys.SCORE_MIN <= score <= _keys.SCORE_MAX:
-                verb = "adding" if sign > 0 else "subtracting"
+                change = "adding it to" if sign > 0 else "subtracting it from"
                 return OutOfRange(
-                    f"{verb} {write.score} to {write.user_id!r}'s score {base}"
-                    " would leave the int64 range"
+                    f"{write.score} for user {write.user_id!r}: {change} the"
+                    f" score {base} would leave the int64 range"
                 )
         elif write.mode == _pb.SCORE_MODE_BEST and current is not None:
             better = _keys.is_better(write.score, base, write.ascending)
