@@ -485,8 +485,9 @@ def _run_chronoscore(
             1, described.entries
         )
     report.notes.append(
-        "memory: each shard's index (sorted keys, user map, user ids) by"
-        " sys.getsizeof per entry; RSS: growth of its process per user it owns"
+        "memory: each shard's index (sorted keys, user map, user ids) per entry,"
+        " by sys.getsizeof rounded as the allocator rounds; RSS: growth of its"
+        " process per user it owns"
     )
     return report
 

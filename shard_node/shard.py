@@ -677,9 +677,9 @@ class Shard:
             sign = 1 if write.mode == _pb.SCORE_MODE_INCREMENT else -1
             score = base + sign * write.score
             if not _keys.SCORE_MIN <= score <= _keys.SCORE_MAX:
-                change = "adding it to" if sign > 0 else "subtracting it from"
+                how = "adding it to" if sign > 0 else "subtracting it from"
                 return OutOfRange(
-                    f"{write.score} for user {write.user_id!r}: {change} the"
+                    f"{write.score} for user {write.user_id!r}: {how} the"
                     f" score {base} would leave the int64 range"
                 )
         elif write.mode == _pb.SCORE_MODE_BEST and current is not None:
