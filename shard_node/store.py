@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import compress
 
 import psycopg
 
@@ -171,20 +170,6 @@ class _Columns:
     reached: list[int] = field(default_factory=list)
     metadata: dict[bytes, bytes] = field(default_factory=dict)
 
-    def add(
-        self,
-        users: Sequence[bytes],
-        scores: Sequence[int],
-        reached: Sequence[int],
-        metadata: Sequence[bytes | None],
-    ) -> None:
-        """Rows given as columns."""
-        self.users.extend(users)
-        self.scores.extend(scores)
-        self.reached.extend(reached)
-        for user, meta in compress(zip(users, metadata, strict=True), metadata):
-            self.metadata[user] = bytes(meta)  # type: ignore[arg-type]
-
 
 @dataclass(slots=True)
 class Snapshot:
@@ -221,27 +206,18 @@ class Store:
             async with conn.cursor("load", binary=True) as cur:
                 await cur.execute(_LOAD_SCORES, [list(slots)])
                 while rows := await cur.fetchmany(_LOAD_CHUNK):
-                    boards, periods, ascs, users, scores, reached, metas = zip(
-                        *rows, strict=True
-                    )
-                    last_reached = max(last_reached, max(reached))
-                    if boards.count(boards[0]) == len(boards) and periods.count(
-                        periods[0]
-                    ) == len(periods):
-                        # One period of one board, as most chunks are:
-                        # whole columns at once.
-                        columns = loading.get((boards[0], periods[0]))
-                        if columns is None:
-                            columns = _Columns(ascs[0])
-                            loading[(boards[0], periods[0])] = columns
-                        columns.add(users, scores, reached, metas)
-                        continue
-                    for row in rows:
-                        board = (row[0], row[1])
+                    for board_id, period, asc, user, score, reached, meta in rows:
+                        board = (board_id, period)
                         columns = loading.get(board)
                         if columns is None:
-                            columns = loading[board] = _Columns(row[2])
-                        columns.add(*[(value,) for value in row[3:]])
+                            columns = loading[board] = _Columns(asc)
+                        columns.users.append(user)
+                        columns.scores.append(score)
+                        columns.reached.append(reached)
+                        if meta:
+                            columns.metadata[user] = bytes(meta)
+                        if reached > last_reached:
+                            last_reached = reached
             found = await conn.execute(
                 "SELECT user_id, display_name FROM users WHERE slot = ANY(%s)",
                 [list(slots)],
