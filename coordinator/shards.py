@@ -324,9 +324,6 @@ class _ReadStream:
         return getattr(answer, answer.WhichOneof("result"))
 
     def close(self) -> None:
-        self._call.cancel()
-        for task in self._tasks:
-            task.cancel()
         self._end(Unavailable(f"shard {self.shard} is unavailable: closed"))
 
     async def _send(self) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -30,20 +31,19 @@ _MAX_POSITIONS = 1 << 16
 _MAX_BETWEEN = 2048
 
 
-# The unary method each kind of streamed read stands for, in metrics.
-_READ_METHODS = {
-    "range": "Range",
-    "between": "Between",
-    "count": "Count",
-    "lookup": "Lookup",
-}
-
-
 class ShardServicer(_shard_grpc.ShardServiceServicer):
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
         # Read streams waiting for their next request.
         self._idle_readers: set[asyncio.Task[object]] = set()
+        # Each kind of streamed read: its handler, the reply's field, and
+        # the unary method it stands for in metrics.
+        self._reads: dict[str, tuple[Callable[[Any, str], Any], str, str]] = {
+            "range": (self._range, "entries", "Range"),
+            "between": (self._between, "between", "Between"),
+            "count": (self._count, "count", "Count"),
+            "lookup": (self._lookup, "entries", "Lookup"),
+        }
 
     @rpc
     async def Apply(
@@ -137,18 +137,7 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         else:
             positions = _spread(start, end, count)
             entries = [index.at(p) for p in positions]
-        if request.places_only:
-            sent = [
-                _shard_pb.ShardEntry(
-                    user_id=e.user_id,
-                    score=e.score,
-                    reached_us=e.reached_us,
-                    position=position,
-                )
-                for e, position in zip(entries, positions, strict=True)
-            ]
-        else:
-            sent = list(self._reply(index, entries, positions).entries)
+        sent = self._sent(index, entries, positions, not request.places_only)
         return _shard_pb.BetweenReply(
             start=start, end=end, entries=sent, total=len(index)
         )
@@ -269,27 +258,24 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         shard = self.shard
         # Tells the caller the stream is taken before it sends a read.
         await context.send_initial_metadata(())
-        try:
-            while not shard.draining:
-                self._idle_readers.add(task)
-                try:
-                    request = await context.read()
-                except asyncio.CancelledError:
-                    if shard.draining:
-                        return
-                    raise
-                finally:
-                    self._idle_readers.discard(task)
-                if request is aio.EOF:
+        while not shard.draining:
+            self._idle_readers.add(task)
+            try:
+                request = await context.read()
+            except asyncio.CancelledError:
+                if shard.draining:
                     return
-                if isinstance(request, Malformed):
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"a read is not a valid message: {request.error}",
-                    )
-                await context.write(self._answer(request))
-        finally:
-            self._idle_readers.discard(task)
+                raise
+            finally:
+                self._idle_readers.discard(task)
+            if request is aio.EOF:
+                return
+            if isinstance(request, Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a read is not a valid message: {request.error}",
+                )
+            await context.write(self._answer(request))
 
     def drain(self) -> None:
         """End the Read streams that wait for a request; the server is
@@ -302,27 +288,20 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         started = time.perf_counter()
         code = "OK"
         reply = _shard_pb.ReadReply(id=request.id)
-        digest = request.slots_digest
+        handler, field, method = self._reads.get(kind or "", (None, "", "Read"))
         try:
-            if kind == "range":
-                reply.entries.CopyFrom(self._range(request.range, digest))
-            elif kind == "lookup":
-                reply.entries.CopyFrom(self._lookup(request.lookup, digest))
-            elif kind == "count":
-                reply.count.CopyFrom(self._count(request.count, digest))
-            elif kind == "between":
-                reply.between.CopyFrom(self._between(request.between, digest))
-            else:
+            if handler is None:
                 raise InvalidArgument(
                     "a read must name range, between, count or lookup"
                 )
+            answer = handler(getattr(request, kind), request.slots_digest)
+            getattr(reply, field).CopyFrom(answer)
         except ChronoscoreError as exc:
             code = exc.code.name
             reply.failure.code = exc.code.value[0]
             reply.failure.message = str(exc)
         finally:
-            name = _READ_METHODS.get(kind or "", "Read")
-            RPC_SECONDS.labels(name, code).observe(time.perf_counter() - started)
+            RPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
         return reply
 
     def _tell_generation(self, context: aio.ServicerContext) -> None:
@@ -355,21 +334,41 @@ class ShardServicer(_shard_grpc.ShardServiceServicer):
         entries: list[IndexEntry],
         positions: Iterable[int],
     ) -> _shard_pb.EntriesReply:
-        profiles = self.shard.profiles
         return _shard_pb.EntriesReply(
-            entries=[
+            entries=self._sent(index, entries, positions), total=len(index)
+        )
+
+    def _sent(
+        self,
+        index: LeaderboardIndex,
+        entries: list[IndexEntry],
+        positions: Iterable[int],
+        whole: bool = True,
+    ) -> list[_shard_pb.ShardEntry]:
+        """Entries as sent, with their local positions; without names and
+        metadata unless ``whole``."""
+        if not whole:
+            return [
                 _shard_pb.ShardEntry(
                     user_id=e.user_id,
-                    display_name=profiles.get(e.user_id, ""),
                     score=e.score,
                     reached_us=e.reached_us,
-                    metadata=index.metadata(e.user_id),
                     position=position,
                 )
                 for e, position in zip(entries, positions, strict=True)
-            ],
-            total=len(index),
-        )
+            ]
+        profiles = self.shard.profiles
+        return [
+            _shard_pb.ShardEntry(
+                user_id=e.user_id,
+                display_name=profiles.get(e.user_id, ""),
+                score=e.score,
+                reached_us=e.reached_us,
+                metadata=index.metadata(e.user_id),
+                position=position,
+            )
+            for e, position in zip(entries, positions, strict=True)
+        ]
 
 
 def _digest(context: aio.ServicerContext) -> str | None:
